@@ -1,0 +1,65 @@
+"""The ``instant4d`` command: parses arguments and calls into the library (no logic here).
+
+Subcommands are listed in ``_REGISTRY``: name -> (help, add_arguments(parser), run(args, overrides)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+# (subcommand name, module, attribute): each attribute is (help, add_arguments(parser), run(args, overrides)).
+_REGISTRY = [
+    ("data", "jax_instant4d.data.cli", "COMMAND"),
+    ("train", "jax_instant4d.train.cli", "COMMAND"),
+    ("eval", "jax_instant4d.eval.cli", "COMMAND"),
+    ("animate", "jax_instant4d.export.cli", "ANIMATE_COMMAND"),
+    ("export", "jax_instant4d.export.cli", "COMMAND"),
+    ("sweep", "jax_instant4d.train.sweep_cli", "COMMAND"),
+    ("bench", "jax_instant4d.bench", "COMMAND"),
+]
+
+
+def _commands():
+    """Subcommands whose modules exist in this checkout (a module that fails to import is an error)."""
+    import importlib
+
+    cmds = {}
+    for name, module, attr in _REGISTRY:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                continue
+            raise
+        cmds[name] = getattr(mod, attr)
+    return cmds
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jax_instant4d.config import ConfigError, split_config_args
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv, overrides = split_config_args(argv)
+    except ConfigError as e:
+        print(f"instant4d: error: {e}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="instant4d", description="Instant expressive Gaussian head avatars.",
+                                     epilog="Any config key can be overridden as --config.section.key=value.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = _commands()
+    for name, (help_text, add_args, _run) in commands.items():
+        add_args(sub.add_parser(name, help=help_text))
+    args = parser.parse_args(argv)
+    _help, _add, run = commands[args.command]
+    try:
+        return int(run(args, overrides) or 0)
+    except ConfigError as e:
+        print(f"instant4d: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

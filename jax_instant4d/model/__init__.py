@@ -1,0 +1,1 @@
+"""jax_instant4d.model"""
