@@ -9,6 +9,6 @@ def get_config():
     cfg.workdir = "workdirs/small"
     cfg.data.resolution = 64
     cfg.model.image_size = 64
-    cfg.model.plane_res = 32
+    cfg.model.encoder.plane_res = 32
     cfg.model.gaussian_res = 64
     return cfg

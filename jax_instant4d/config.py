@@ -48,18 +48,32 @@ def _data_defaults() -> ConfigDict:
     })
 
 
-def _model_defaults() -> ConfigDict:
+def _encoder_defaults() -> ConfigDict:
+    """The triplane encoder (LP3D design). Owned by model/encoder.py."""
     return ConfigDict({
-        "image_size": 512,
         "plane_res": 256,
         "plane_channels": 96,  # per plane; f = first half, m = second half
+    })
+
+
+def _motion_defaults() -> ConfigDict:
+    """The motion encoder (X-NeMo design). Owned by model/motion.py."""
+    return ConfigDict({
+        "crop_size": 224,
+        "code_dim": 512,
+        "freeze": False,
+        "weights": "",  # converted pretrained weights ("" = train from scratch)
+    })
+
+
+def _model_defaults() -> ConfigDict:
+    return ConfigDict({
+        "encoder": _encoder_defaults(),
+        "motion": _motion_defaults(),
+        "image_size": 512,
         "feature_dim": 48,
         "instantiate": "plane",  # plane | rays
         "gaussian_res": 512,  # plane mode: Gaussians on a gaussian_res^2 grid
-        "motion_dim": 512,
-        "motion_crop": 224,
-        "freeze_motion": False,
-        "motion_weights": "",  # path to converted pretrained motion-encoder weights ("" = train from scratch)
         "fusion": "local",  # local | global | deform | none
     })
 
