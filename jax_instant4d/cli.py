@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 # (subcommand name, module, attribute): each attribute is (help, add_arguments(parser), run(args, overrides)).
 _REGISTRY = [
     ("data", "jax_instant4d.data.cli", "COMMAND"),

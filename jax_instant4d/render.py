@@ -102,7 +102,7 @@ def render(
     camera: Camera,
     width: int,
     height: int,
-    background: Float[Array, "C"] | float = 0.0,
+    background: Float[Array, " C"] | float = 0.0,
     *,
     near: float = 0.01,
     antialiased: bool = False,
