@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import has_gpu
-from rasterizer_scenes import batch_scenes, random_scene
 
 import rasterizer_ffi
 from rasterizer_ffi import rasterize, rasterize_dense
+from rasterizer_ffi.testing import batch_scenes, random_scene
 
 
 def _backend_params():

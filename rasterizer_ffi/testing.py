@@ -1,4 +1,4 @@
-"""Random and degenerate Gaussian scenes shared by the rasterizer tests and benchmarks."""
+"""Random, degenerate and head-like Gaussian scenes for tests and benchmarks (like ``jax.test_util``)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,22 @@ def random_scene(rng: np.random.Generator, n: int, width: int, height: int, chan
 def batch_scenes(scenes):
     """Stacks unbatched scenes (same N and C) into batched inputs."""
     return tuple(np.stack(parts) for parts in zip(*scenes, strict=True))
+
+
+def shell_scene(rng: np.random.Generator, n: int, size: int, channels: int = 3, radius: float = 0.5):
+    """N Gaussians tiling a sphere of ``radius`` (a head-sized shell) seen by an EG3D-like camera at
+    distance 3 filling most of a ``size`` x ``size`` image: realistic per-tile loads for benchmarks."""
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    means = radius * d * (1.0 + 0.02 * rng.normal(size=(n, 1)))
+    spacing = np.sqrt(4 * np.pi * radius**2 / n)
+    scales = spacing * np.exp(0.3 * rng.normal(size=(n, 3)))
+    quats = rng.normal(size=(n, 4))
+    opac = rng.uniform(0.3, 1.0, size=n)
+    w2c, intr = camera(size, size, focal=size * 2.4)
+    p = project(means.astype(np.float32), scales.astype(np.float32), quats.astype(np.float32), w2c, intr,
+                size, size)
+    feats = rng.uniform(0.0, 1.0, size=(n, channels)).astype(np.float32)
+    bg = np.zeros(channels, np.float32)
+    return (np.asarray(p.means2d), np.asarray(p.conics), np.asarray(p.depths), np.asarray(p.radii),
+            opac.astype(np.float32), feats, bg)
