@@ -39,8 +39,49 @@ def _find_nvcc() -> str | None:
     return None
 
 
+NATIVE_LIBS = ("librasterizer_cpu.so", "librasterizer_cuda.so")
+
+
 class CMakeBuild(build_ext):
-    """Runs CMake on rasterizer_ffi/ and puts the libraries next to the package's Python files."""
+    """Runs CMake on rasterizer_ffi/ and puts the libraries next to the package's Python files.
+
+    The libraries are not Python extensions, so setuptools does not know them: they are added to the
+    outputs (wheels, install records) and, for editable installs (PEP 660 builds in a temporary
+    directory, then copies extensions back), copied into the source package next to the marker.
+    """
+
+    def _built_libs(self) -> list[Path]:
+        pkg = Path(self.build_lib) / "rasterizer_ffi"
+        return [pkg / name for name in NATIVE_LIBS if (pkg / name).exists()]
+
+    def _source_pkg_dir(self) -> Path:
+        return Path(self.get_finalized_command("build_py").get_package_dir("rasterizer_ffi"))
+
+    def copy_extensions_to_source(self) -> None:
+        super().copy_extensions_to_source()
+        built = self._built_libs()
+        dest = self._source_pkg_dir()
+        for name in NATIVE_LIBS:
+            target = dest / name
+            source = Path(self.build_lib) / "rasterizer_ffi" / name
+            if source in built:
+                self.copy_file(str(source), str(target), level=self.verbose)
+            elif target.exists():  # e.g. a CUDA library left from an earlier build: would not match
+                print(f"[rasterizer_ffi] removing stale {target}", file=sys.stderr)
+                target.unlink()
+
+    def _get_output_mapping(self):
+        yield from super()._get_output_mapping()
+        if self.inplace:
+            dest = self._source_pkg_dir()
+            for lib in self._built_libs():
+                yield str(lib), str(dest / lib.name)
+
+    def get_outputs(self) -> list[str]:
+        outputs = super().get_outputs()
+        if not self.inplace:
+            outputs = sorted(set(outputs) | {str(p) for p in self._built_libs()})
+        return outputs
 
     def build_extension(self, ext: Extension) -> None:
         import jax.ffi

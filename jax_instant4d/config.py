@@ -27,21 +27,26 @@ class ConfigError(ValueError):
 
 
 def _data_defaults() -> ConfigDict:
+    """Teacher-clip datasets and the grain pipeline. Owned by jax_instant4d/data (see its README)."""
     return ConfigDict({
         "dataset": "synthetic_heads",  # synthetic_heads | teacher_clips
         "data_dir": "data_cache",  # tfds data_dir; relative paths are relative to the current directory
-        "resolution": 128,  # stored image size (square)
-        "image_format": "png",  # png | jpeg
+        "resolution": 128,  # stored and batch image size (square); batches are resampled if stored differs
+        "image_format": "png",  # png | jpeg (frames; masks are always PNG)
         "jpeg_quality": 95,
+        # synthetic_heads content (all part of the dataset's name): identities, of which the last
+        # heldout_identities form the "test" split; clips per identity; T time steps; V teacher views
         "num_identities": 64,
-        "heldout_identities": 8,
+        "heldout_identities": 8,  # teacher_clips: identities held out when clip.json names no split
         "clips_per_identity": 2,
         "time_steps": 4,  # T
         "views": 2,  # V
         "seed": 0,
+        # pipeline
         "targets_per_example": 2,  # K (time, view) targets sampled per example
-        "num_workers": 0,
-        "prefetch": 2,
+        "num_workers": 0,  # grain worker processes (0 = decode in this process)
+        "read_threads": 2,  # decoding threads per process
+        "prefetch": 2,  # batches buffered (per worker)
         "shuffle_seed": 0,
         "augment": ConfigDict({"photometric": False, "crop": False, "max_shift": 4,
                                "brightness": 0.1, "contrast": 0.1}),
@@ -51,8 +56,26 @@ def _data_defaults() -> ConfigDict:
 def _encoder_defaults() -> ConfigDict:
     """The triplane encoder (LP3D design). Owned by model/encoder.py."""
     return ConfigDict({
-        "plane_res": 256,
+        "plane_res": 256,  # = image_size / 2 (fixed by the architecture)
         "plane_channels": 96,  # per plane; f = first half, m = second half
+        # DeepLabV3 on a dilated ResNet-18 (output stride 8; no normalisation layers, as the authors')
+        "stem_channels": 64,
+        "resnet_channels": (64, 128, 256, 512),
+        "resnet_blocks": (2, 2, 2, 2),
+        "aspp_channels": 256,
+        "aspp_rates": (12, 24, 36),
+        # SegFormer-style blocks (efficient attention + Mix-FFN) in the low-res branch and the decoder
+        "transformer_dim": 1024,
+        "mlp_ratio": 2.0,
+        "lowres_blocks": 2,
+        "lowres_heads": 4,
+        "decoder_blocks": 1,
+        "decoder_heads": 2,
+        "decoder_sr_ratio": 2,  # spatial reduction of keys/values in the decoder's block
+        "lr_multiplier": 0.5,  # transformer blocks: weights stored / lr_multiplier, scaled back at run time
+        "branch_channels": 128,  # low-res branch output and high-res branch width
+        "highres_layers": 4,
+        "decoder_channels": (256, 128),
     })
 
 
@@ -63,6 +86,16 @@ def _motion_defaults() -> ConfigDict:
         "code_dim": 512,
         "freeze": False,
         "weights": "",  # converted pretrained weights ("" = train from scratch)
+        "token_dim": 16,  # the code is code_dim / token_dim tokens of token_dim (32 x 16)
+        "fan_channels": (64, 128, 256),  # FAN stem, ConvBlock width, hourglass width
+        "hourglass_depth": 4,
+        "hourglass_dropout": 0.0,  # the authors' module has 0.5 (active only when training)
+        "landmarks": 68,
+        "attn_heads": 8,  # spatial self-attention: heads x head_dim = token width
+        "attn_head_dim": 128,
+        "attn_patch": (4, 2, 2),  # patch sizes of the three attention modules
+        "norm_groups": 32,
+        "bbox_dim": 64,
     })
 
 
@@ -71,16 +104,29 @@ def _model_defaults() -> ConfigDict:
         "encoder": _encoder_defaults(),
         "motion": _motion_defaults(),
         "image_size": 512,
-        "feature_dim": 48,
+        "feature_dim": 48,  # f and m each (half of encoder.plane_channels)
         "instantiate": "plane",  # plane | rays
         "gaussian_res": 512,  # plane mode: Gaussians on a gaussian_res^2 grid
+        # Gaussians whose source density (decoded from f alone) is below this keep their slot but get
+        # opacity 0 (static shapes; the authors drop them).
+        "density_threshold": 1.0 / 255.0,
+        "rays": ConfigDict({  # rays mode: NeRF-style samples along rays of a fixed frontal camera
+            "resolution": 64,  # rays on a resolution^2 grid
+            "depth_samples": 24,  # stratified samples per ray
+            "importance_samples": 24,  # importance samples per ray
+            "ray_start": 2.25,
+            "ray_end": 3.5,
+            "box_warp": 1.0,  # the triplanes span [-box_warp/2, box_warp/2]^3
+        }),
         "fusion": "local",  # local | global | deform | none
+        "fusion_scale": 0.01,  # delta = fusion_scale * MLP(...)
+        "global_heads": 4,  # global fusion: attention heads (feature_dim divisible by it)
     })
 
 
 def _render_defaults() -> ConfigDict:
     return ConfigDict({
-        "backend": "auto",  # auto | cpu | cuda | xla
+        "backend": "auto",  # auto | cpu | cuda | xla | dense (the O(HWN) reference; tiny tests only)
         "tile_capacity": 256,  # xla backend only
         "fov_degrees": 18.837,
         "camera_radius": 2.7,
@@ -91,11 +137,57 @@ def _render_defaults() -> ConfigDict:
 
 
 def _train_defaults() -> ConfigDict:
+    """Training (jax_instant4d/train): losses, optimisers, schedule, sharding, checkpoints, logging."""
     return ConfigDict({
         "steps": 1000,
-        "batch_size": 32,
+        "batch_size": 32,  # global batch (all processes together)
         "learning_rate": 1e-4,
-        "seed": 0,
+        "seed": 0,  # per-step randomness (folded with the step number)
+        "warmup_steps": 100,
+        "lr_schedule": "constant",  # constant | cosine (after warmup)
+        "min_lr_ratio": 0.1,  # cosine: final lr = min_lr_ratio * learning_rate
+        "b1": 0.9,
+        "b2": 0.999,
+        "weight_decay": 0.0,
+        "grad_clip_norm": 1.0,  # global-norm clipping (0 = off)
+        "ema_decay": 0.0,  # EMA of params for evaluation (0 = off)
+        "frozen": (),  # regexes on parameter paths ("motion/.*") that get no updates
+        # Render resolution ramp: ((from_step, resolution), ...); () renders at model.image_size throughout.
+        "resolution_schedule": (),
+        "loss": ConfigDict({
+            "l1": 1.0,
+            "lpips": 1.0,
+            "lpips_weights": "",  # LPIPS-VGG weights (.safetensors/.npz); "" = loss off
+            "identity": 0.1,
+            "identity_weights": "",  # ArcFace-style network weights; "" = loss off
+            "identity_depth": 50,  # 18 | 34 | 50 | 100: IResNet depth of the identity network
+            "region": 0.1,  # L1 on eye and mouth regions
+            "delta_f": 0.001,  # L2 of the fusion offsets
+            "adversarial": 0.025,
+            "adversarial_start": 10000,  # step at which the adversarial loss switches on (-1 = never)
+        }),
+        "disc": ConfigDict({
+            "learning_rate": 1e-4,
+            "b1": 0.0,
+            "b2": 0.99,
+            "channels": 64,
+            "max_channels": 512,
+            "r1": 0.0,  # R1 gradient penalty on real images (0 = off)
+        }),
+        # Mesh (data, fsdp, model); -1 takes the remaining devices.
+        "mesh": (-1, 1, 1),
+        "fsdp_min_size": 1 << 18,  # parameters with fewer elements are replicated
+        "partition_rules": (),  # ((regex on path, PartitionSpec tuple), ...) checked before the defaults
+        "checkpoint_every": 500,
+        "keep_checkpoints": 3,  # keep-last-K (plus the best by held-out PSNR)
+        "async_checkpoint": True,
+        "max_nonfinite": 10,  # stop after this many skipped (non-finite) steps in a row
+        "log_every": 10,
+        "image_every": 200,
+        "eval_every": 500,
+        "eval_batches": 4,
+        "eval_batch_size": 8,
+        "progress": True,  # console progress bar (process 0)
     })
 
 

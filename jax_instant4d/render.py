@@ -88,6 +88,10 @@ def _render_local(means3d, scales, quats, opacities, features, w2c, intr, backgr
     proj = rasterizer_ffi.project(means3d, scales, quats, w2c, intr, width, height, near=near,
                                   antialiased=antialiased)
     opac = opacities * proj.compensation if antialiased else opacities
+    if backend == "dense":  # the O(H W N) reference: tests on tiny scenes, and while no backend is built
+        image, alpha, depth = rasterizer_ffi.rasterize_dense(
+            proj.means2d, proj.conics, proj.depths, proj.radii, opac, features, background, width, height)
+        return Rendered(image, alpha, depth, jnp.zeros(means3d.shape[:1], jnp.int32))
     return Rendered(*rasterizer_ffi.rasterize(
         proj.means2d, proj.conics, proj.depths, proj.radii, opac, features, background, width, height,
         backend=backend, tile_capacity=tile_capacity, return_overflow=True))
@@ -116,6 +120,8 @@ def render(
     ``camera`` is batched like the Gaussians ([B, 4, 4], [B, 4]). With ``mesh`` given (and more than
     one device in it), the batch is split over the mesh axes in ``batch_axes`` that exist, and each
     device projects and rasterizes its share under ``shard_map``. The batch must divide evenly.
+    ``backend`` is a ``rasterizer_ffi`` backend name or ``"dense"`` (``rasterizer_ffi.rasterize_dense``,
+    memory O(H W N): for tiny test scenes only).
     """
     c = features.shape[-1]
     bg = jnp.broadcast_to(jnp.asarray(background, jnp.float32), (c,))

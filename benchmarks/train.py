@@ -1,0 +1,182 @@
+"""Training throughput: step time and examples/s on 1, 2 and 4 host devices, and where a step's time goes.
+
+    python benchmarks/train.py                        # configs/small.py on 1, 2, 4 host CPU devices
+    python benchmarks/train.py --devices 1,4 --steps 10 --config.train.batch_size=8
+
+Each device count runs in its own process (host devices are fixed at JAX start-up) with the mesh
+(data=D, fsdp=1, model=1) and the config's global batch. Measured, after compilation, as medians over
+``--steps`` blocking calls:
+
+* data: the next batch from the grain pipeline plus placing it on the mesh (``to_global``);
+* step: the compiled train step (forward, backward, optimiser, non-finite checks);
+* fwd+bwd: the same loss and gradients without the optimiser update;
+* render: forward + backward of rasterising the step's Gaussians at the step's cameras, alone.
+
+Shares of a step: data = data / (data + step); render = render; model = fwd+bwd - render;
+optimiser = step - fwd+bwd (the remainder: updates, clipping, EMA, the skip logic). The phases are
+timed separately, so the shares are estimates (XLA overlaps and fuses differently inside one step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _median_time(fn, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def worker(args: argparse.Namespace, overrides: list[str]) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from jax_instant4d import render
+    from jax_instant4d.config import get_config
+    from jax_instant4d.train.loop import default_data_factory
+    from jax_instant4d.train.sharding import make_mesh, to_global
+    from jax_instant4d.train.step import Trainer, resolution_at
+
+    d = jax.device_count()
+    cfg = get_config(args.config, [*overrides, f"train.mesh=({d},1,1)", "train.loss.adversarial_start=-1"])
+    mesh = make_mesh(cfg.train.mesh)
+    trainer = Trainer(cfg, mesh, log=lambda _: None)
+    t0 = time.perf_counter()
+    state = trainer.init()
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
+    data = default_data_factory(cfg, "train", cfg.train.batch_size, 0, 1)
+    res = resolution_at(cfg.train.steps, cfg.train.resolution_schedule, int(cfg.model.image_size))
+
+    batches = []
+
+    def next_batch():
+        batches.append(jax.block_until_ready(to_global(next(data), mesh)))
+
+    next_batch()  # warm-up (pipeline start)
+    data_s = _median_time(next_batch, args.steps)
+    batch = batches[-1]
+
+    step = trainer.step_fn(res)
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh):
+        compiled = step.lower(state, batch, trainer.nets).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def run_step():
+        with jax.set_mesh(mesh):
+            holder["state"], m = compiled(holder["state"], batch, trainer.nets)
+        jax.block_until_ready(m)
+
+    run_step()
+    step_s = _median_time(run_step, args.steps)
+
+    grads = trainer.grads_fn(res)
+    with jax.set_mesh(mesh):
+        jax.block_until_ready(grads(holder["state"], batch, trainer.nets))
+    fwd_bwd_s = _median_time(lambda: jax.block_until_ready(grads(holder["state"], batch, trainer.nets)), args.steps)
+
+    # The step's Gaussians and cameras, rendered alone (forward + backward).
+    b_, k_ = batch["target"].shape[:2]
+    cams = render.Camera(batch["target_w2c"].reshape(b_ * k_, 4, 4),
+                         render.scale_intrinsics(batch["target_intrinsics"].reshape(b_ * k_, 4),
+                                                 batch["target"].shape[2], res))
+
+    @jax.jit
+    def gaussians(params, frozen, rest, b):
+        model = trainer.mdef.merge(params, frozen, rest, jax.random.key(0))
+        avatar, _, z_drv = trainer._encode(model, b)  # noqa: SLF001
+        camera = render.Camera(cams.world_to_cam.reshape(b_, k_, 4, 4), cams.intrinsics.reshape(b_, k_, 4))
+        _, _, _, aux = model.animate(avatar, z_drv, camera, res, res, mesh=None)
+        return jax.tree.map(lambda x: x.reshape(b_ * k_, *x.shape[2:]), aux["gaussians"])
+
+    st = holder["state"]
+    with jax.set_mesh(mesh):
+        g = gaussians(st.params, st.frozen, st.rest, batch)
+    rmesh = mesh if mesh.size > 1 else None
+    opts = dict(backend=cfg.render.backend, tile_capacity=int(cfg.render.tile_capacity), mesh=rmesh)
+
+    @jax.jit
+    def render_fwd_bwd(means, scales, quats, opac, colors):
+        def f(*xs):
+            return jnp.sum(render.render(*xs, cams, res, res, **opts).rgb)
+        return jax.grad(f, argnums=(0, 1, 2, 3, 4))(means, scales, quats, opac, colors)
+
+    rargs = (g.means, g.scales, g.quats, g.opacities, g.colors)
+    with jax.set_mesh(mesh):
+        jax.block_until_ready(render_fwd_bwd(*rargs))
+        render_s = _median_time(lambda: jax.block_until_ready(render_fwd_bwd(*rargs)), args.steps)
+    return {"devices": d, "batch": int(cfg.train.batch_size), "resolution": res, "init_s": init_s,
+            "compile_s": compile_s, "data_s": data_s, "step_s": step_s, "fwd_bwd_s": fwd_bwd_s,
+            "render_s": render_s, "targets": int(k_)}
+
+
+def table(rows: list[dict]) -> str:
+    head = ("devices", "batch", "res", "step (s)", "examples/s", "speed-up", "data", "model", "render", "optimiser",
+            "compile (s)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = rows[0]["step_s"] + rows[0]["data_s"]
+    for r in rows:
+        total = r["step_s"] + r["data_s"]
+        model = max(r["fwd_bwd_s"] - r["render_s"], 0.0)
+        opt = max(r["step_s"] - r["fwd_bwd_s"], 0.0)
+        share = lambda x, total=total: f"{100 * x / total:.0f}%"
+        lines.append("| " + " | ".join([
+            str(r["devices"]), str(r["batch"]), str(r["resolution"]), f"{total:.3f}", f"{r['batch'] / total:.2f}",
+            f"{base / total:.2f}x", share(r["data_s"]), share(model), share(r["render_s"]), share(opt),
+            f"{r['compile_s']:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    from jax_instant4d.config import split_config_args
+
+    argv, overrides = split_config_args(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "small.py"))
+    parser.add_argument("--devices", default="1,2,4", help="comma-separated host device counts")
+    parser.add_argument("--steps", type=int, default=5, help="timed calls per phase (medians)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None, help="also write the measurements here")
+    args = parser.parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args, overrides)), flush=True)
+        return 0
+    rows = []
+    for d in (int(x) for x in args.devices.split(",")):
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={d} " + os.environ.get("XLA_FLAGS", ""))
+        cmd = [sys.executable, __file__, "--worker", "--config", args.config, "--steps", str(args.steps), *overrides]
+        print(f"[{d} device(s)] running ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+            return 1
+        rows.append(json.loads(lines[-1][len("RESULT "):]))
+        print(f"[{d} device(s)] {rows[-1]}", file=sys.stderr, flush=True)
+    print(f"Training step, {Path(args.config).name}, host CPU devices ({os.cpu_count()} cores), medians of "
+          f"{args.steps} steps")
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""``instant4d data``: argument parsing only; the work is in the data package.
+
+    instant4d data synth  [--config F] [--config.data.KEY=V ...]   generate synthetic_heads (if missing)
+    instant4d data ingest SRC --out DIR [--strict] [--resize] [--overwrite] [--config F]
+    instant4d data info   [--config F]                             where the dataset is, its splits
+    instant4d data sheet  OUT.png [--config F] [--clips N]         contact sheet of a dataset's clips
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True)
+    p = sub.add_parser("synth", help="generate the synthetic_heads dataset of the config (skipped if present)")
+    p.add_argument("--config", default="configs/small.py", help="config file (default: configs/small.py)")
+    p = sub.add_parser("ingest", help="validate a folder of teacher clips and write the teacher_clips dataset")
+    p.add_argument("src", help="folder with one sub-folder per clip (see jax_instant4d/data/README.md)")
+    p.add_argument("--out", required=True, help="tfds data dir to write into (then train with "
+                                                "--config.data.data_dir=DIR --config.data.dataset=teacher_clips)")
+    p.add_argument("--config", default="configs/small.py", help="config file: data.resolution, image_format, "
+                                                                "heldout_identities")
+    p.add_argument("--strict", action="store_true", help="any rejected clip is fatal (nothing is written)")
+    p.add_argument("--resize", action="store_true", help="resample square frames of another size to "
+                                                         "data.resolution (intrinsics scaled) instead of rejecting")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p = sub.add_parser("info", help="print where the config's dataset is and what it holds")
+    p.add_argument("--config", default="configs/small.py")
+    p = sub.add_parser("sheet", help="write a contact sheet (source | driving | teacher views) of some clips")
+    p.add_argument("out", help="PNG file to write")
+    p.add_argument("--config", default="configs/small.py")
+    p.add_argument("--split", default="train")
+    p.add_argument("--clips", type=int, default=6)
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jax_instant4d.config import get_config
+
+    cfg = get_config(args.config, overrides)
+    cmd = args.data_command
+    if cmd == "synth":
+        from jax_instant4d.data.pipeline import dataset_path, ensure_dataset
+
+        if cfg.data.dataset != "synthetic_heads":
+            print(f"instant4d data synth: data.dataset is {cfg.data.dataset!r}, not synthetic_heads", file=sys.stderr)
+            return 2
+        path = dataset_path(cfg)
+        print(f"synthetic_heads -> {path}", flush=True)
+        ensure_dataset(cfg, progress=True)
+        print(f"ready: {path}")
+        return 0
+    if cmd == "ingest":
+        from jax_instant4d.data.ingest import IngestError, ingest
+
+        d = cfg.data
+        try:
+            report = ingest(args.src, args.out, int(d.resolution), image_format=d.image_format,
+                            jpeg_quality=int(d.jpeg_quality), heldout_identities=int(d.heldout_identities),
+                            strict=args.strict, resize=args.resize, overwrite=args.overwrite,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+        except (IngestError, FileNotFoundError) as e:
+            print(f"instant4d data ingest: {e}", file=sys.stderr)
+            return 1
+        print(report.summary())
+        print(f"dataset: {report.path}")
+        return 0
+    if cmd == "info":
+        from jax_instant4d.data import builders
+        from jax_instant4d.data.pipeline import dataset_path
+
+        path = dataset_path(cfg)
+        print(f"dataset {cfg.data.dataset} at {path}")
+        if not builders.is_complete(path):
+            print("  (not prepared yet)")
+            return 0
+        import tensorflow_datasets as tfds
+
+        info = tfds.builder_from_directory(str(path)).info
+        for name, split in info.splits.items():
+            print(f"  {name}: {split.num_examples} clips, {split.num_bytes / 2 ** 20:.1f} MiB")
+        return 0
+    if cmd == "sheet":
+        from jax_instant4d.data.pipeline import ensure_dataset
+        from jax_instant4d.data.sheet import contact_sheet
+
+        path = ensure_dataset(cfg, progress=True)
+        contact_sheet(path, args.split, args.out, clips=args.clips)
+        print(f"wrote {args.out}")
+        return 0
+    raise AssertionError(cmd)
+
+
+COMMAND = ("datasets: generate synthetic heads, ingest teacher clips, inspect", add_arguments, run)
+
+
+if __name__ == "__main__":
+    from jax_instant4d.cli import main
+
+    sys.exit(main(["data", *sys.argv[1:]]))

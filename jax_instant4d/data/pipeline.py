@@ -1,0 +1,300 @@
+"""The grain input pipeline: teacher-clip records -> batches of the training contract.
+
+Per process: the split's records are sliced ``[process_index::process_count]`` (every process reads
+only its share), shuffled with the seed, repeated forever (every process runs the same number of
+steps), and mapped by :class:`SampleTargets`, which picks K (time, view) targets of a clip, decodes the
+frames and applies the augmentations switched on in ``cfg.data.augment``; then batched, and
+prefetched by ``cfg.data.num_workers`` worker processes. The randomness of a record comes from
+grain's per-index generator (seed, index), so a restored iterator state gives exactly the batches
+that would have come.
+
+Batch contract (NumPy, per process batch b, resolution R, K = ``cfg.data.targets_per_example``,
+E = ``record.NUM_EXPRESSION``)::
+
+    source            f32[b,R,R,3] in [0,1]     source_w2c         f32[b,4,4]
+    source_intrinsics f32[b,4] (fx,fy,cx,cy px) driving            f32[b,K,R,R,3]
+    target            f32[b,K,R,R,3]            target_w2c         f32[b,K,4,4]
+    target_intrinsics f32[b,K,4]                target_fg          f32[b,K,R,R] (ones if absent)
+    target_eyes       f32[b,K,R,R] (0 if absent) target_mouth      f32[b,K,R,R] (0 if absent)
+    expression        f32[b,K,E] (0 if absent)  source_expression  f32[b,E]
+    identity i32[b]   clip i32[b]               time i32[b,K]      view i32[b,K]
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import grain
+import numpy as np
+from jaxtyping import Float
+
+from jax_instant4d.data import record
+
+BATCH_KEYS = ("source", "source_w2c", "source_intrinsics", "driving", "target", "target_w2c", "target_intrinsics",
+              "target_fg", "target_eyes", "target_mouth", "expression", "source_expression", "identity", "clip",
+              "time", "view")
+
+
+def resolve_split(split: str) -> str:
+    split = record.SPLIT_ALIASES.get(split, split)
+    if split not in record.SPLITS:
+        raise ValueError(f"unknown split {split!r}: use one of {record.SPLITS} (or {sorted(record.SPLIT_ALIASES)})")
+    return split
+
+
+# --------------------------------------------------------------------------------------------------
+# Datasets on disk
+# --------------------------------------------------------------------------------------------------
+
+
+def dataset_path(cfg) -> Path:
+    """Where the dataset of ``cfg.data`` lives (it may not exist yet)."""
+    from jax_instant4d.data import builders, synthetic
+
+    d = cfg.data
+    if d.dataset == "synthetic_heads":
+        return builders.dataset_dir(d.data_dir, "synthetic_heads", synthetic.spec_from_config(cfg).name)
+    if d.dataset == "teacher_clips":
+        return builders.dataset_dir(d.data_dir, "teacher_clips", teacher_config_name(int(d.resolution)))
+    raise ValueError(f"data.dataset must be 'synthetic_heads' or 'teacher_clips', got {d.dataset!r}")
+
+
+def teacher_config_name(resolution: int) -> str:
+    return f"r{resolution}"
+
+
+def ensure_dataset(cfg, progress: bool = True) -> Path:
+    """Returns the dataset's path, generating ``synthetic_heads`` first if it is missing.
+
+    ``teacher_clips`` cannot be made here: if missing, the error says how to ingest it. Safe to call
+    from several processes at once (each generates the same content; the first complete one is kept).
+    """
+    from jax_instant4d.data import builders, synthetic
+
+    path = dataset_path(cfg)
+    if builders.is_complete(path):
+        return path
+    if cfg.data.dataset == "synthetic_heads":
+        return builders.build_synthetic(synthetic.spec_from_config(cfg), cfg.data.data_dir,
+                                        backend=cfg.render.backend, progress=progress)
+    raise FileNotFoundError(
+        f"no teacher_clips dataset at {path}: run `instant4d data ingest SRC --out {cfg.data.data_dir} "
+        f"--config.data.resolution={cfg.data.resolution}` first")
+
+
+def open_source(path: str | os.PathLike, split: str):
+    """The ArrayRecord data source (random access, picklable) of one split of a prepared dataset."""
+    import tensorflow_datasets as tfds
+
+    split = resolve_split(split)
+    builder = tfds.builder_from_directory(str(path))
+    if split not in builder.info.splits:
+        raise ValueError(f"dataset {path} has no {split!r} split (it has {sorted(builder.info.splits)})")
+    return builder.as_data_source(split=split)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-record transform
+# --------------------------------------------------------------------------------------------------
+
+
+def _decode(data: bytes, size: int, channels: int = 3) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 [size, size, channels] (area-resampled if stored at another size)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB" if channels == 3 else "L")
+        if im.size != (size, size):
+            big = im.size[0] > size
+            im = im.resize((size, size), Image.Resampling.BOX if big else Image.Resampling.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr if channels == 3 else arr[..., None]
+
+
+def _shift(img: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Translates the first two axes (rows by dy, columns by dx), filling with zeros."""
+    out = np.zeros_like(img)
+    h, w = img.shape[:2]
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = img[max(-dy, 0):h - max(dy, 0),
+                                                                     max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+class SampleTargets(grain.transforms.RandomMap):
+    """One clip record -> one example: its source and K (time, view) targets, decoded and augmented.
+
+    Targets are K distinct (time, view) pairs when the clip has at least K of them, else drawn with
+    replacement. Augmentations (``augment``, from ``cfg.data.augment``): ``crop`` shifts each image by
+    up to ``max_shift`` pixels (zero fill) and moves the principal point with it, so the camera still
+    explains the pixels; ``photometric`` scales source and targets by one shared gain (black stays
+    black) and jitters each driving frame's gain and contrast independently.
+    """
+
+    def __init__(self, targets: int, resolution: int, augment: Mapping | None = None):
+        self.k = int(targets)
+        self.res = int(resolution)
+        a = dict(augment or {})
+        self.crop = bool(a.get("crop", False))
+        self.photometric = bool(a.get("photometric", False))
+        self.max_shift = int(a.get("max_shift", 0))
+        self.brightness = float(a.get("brightness", 0.0))
+        self.contrast = float(a.get("contrast", 0.0))
+
+    def random_map(self, rec: Mapping, rng: np.random.Generator) -> dict:
+        res, k = self.res, self.k
+        t, v = int(rec["num_times"]), int(rec["num_views"])
+        stored = int(rec["resolution"])
+        scale = res / stored
+        n = t * v
+        pick = rng.choice(n, size=k, replace=k > n)
+        times, views = pick // v, pick % v
+
+        src = _decode(rec["source_image"], res).astype(np.float32) / 255.0
+        src_k = np.asarray(rec["source_intrinsics"], np.float32) * scale
+        drv = np.stack([_decode(rec["driving_images"][ti], res) for ti in times]).astype(np.float32) / 255.0
+        tgt = np.stack([_decode(rec["target_images"][i], res) for i in pick]).astype(np.float32) / 255.0
+        tgt_w2c = np.asarray(rec["target_w2c"], np.float32)[pick]
+        tgt_k = np.asarray(rec["target_intrinsics"], np.float32)[pick] * scale
+        has_fg, has_regions = bool(rec["has_fg"]), bool(rec["has_regions"])
+        if has_fg or has_regions:
+            masks = np.stack([_decode(rec["target_masks"][i], res) for i in pick]).astype(np.float32) / 255.0
+        else:
+            masks = np.zeros((k, res, res, 3), np.float32)
+        fg = masks[..., 0] if has_fg else np.ones((k, res, res), np.float32)
+        eyes = masks[..., 1] if has_regions else np.zeros((k, res, res), np.float32)
+        mouth = masks[..., 2] if has_regions else np.zeros((k, res, res), np.float32)
+        if bool(rec["has_expression"]):
+            expr = np.asarray(rec["expression"], np.float32)[times]
+            src_expr = np.asarray(rec["source_expression"], np.float32)
+        else:
+            expr = np.zeros((k, record.NUM_EXPRESSION), np.float32)
+            src_expr = np.zeros(record.NUM_EXPRESSION, np.float32)
+
+        if self.crop and self.max_shift > 0:
+            m = self.max_shift
+            dx, dy = rng.integers(-m, m + 1, size=2)
+            src = _shift(src, dx, dy)
+            src_k = src_k + np.asarray([0, 0, dx, dy], np.float32)
+            for i in range(k):
+                dx, dy = rng.integers(-m, m + 1, size=2)
+                tgt[i], fg[i], eyes[i], mouth[i] = (_shift(x, dx, dy) for x in (tgt[i], fg[i], eyes[i], mouth[i]))
+                tgt_k[i] += np.asarray([0, 0, dx, dy], np.float32)
+                dx, dy = rng.integers(-m, m + 1, size=2)
+                drv[i] = _shift(drv[i], dx, dy)
+        if self.photometric:
+            gain = 1.0 + rng.uniform(-self.brightness, self.brightness)
+            src = np.clip(src * gain, 0.0, 1.0)
+            tgt = np.clip(tgt * gain, 0.0, 1.0)
+            for i in range(k):
+                g = 1.0 + rng.uniform(-self.brightness, self.brightness)
+                c = 1.0 + rng.uniform(-self.contrast, self.contrast)
+                mean = drv[i].mean()
+                drv[i] = np.clip(((drv[i] - mean) * c + mean) * g, 0.0, 1.0)
+
+        return {
+            "source": src,
+            "source_w2c": np.asarray(rec["source_w2c"], np.float32),
+            "source_intrinsics": src_k.astype(np.float32),
+            "driving": drv,
+            "target": tgt,
+            "target_w2c": tgt_w2c,
+            "target_intrinsics": tgt_k.astype(np.float32),
+            "target_fg": fg,
+            "target_eyes": eyes,
+            "target_mouth": mouth,
+            "expression": expr,
+            "source_expression": src_expr,
+            "identity": np.int32(rec["identity_index"]),
+            "clip": np.int32(rec["clip_index"]),
+            "time": times.astype(np.int32),
+            "view": views.astype(np.int32),
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+def _grain_flags_parsed() -> None:
+    # grain's worker processes read absl flags; outside an absl app they are unparsed and grain fails.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_dataset(cfg, split: str, batch_size: int, process_index: int | None = None,
+                 process_count: int | None = None, seed: int | None = None,
+                 path: str | os.PathLike | None = None) -> grain.IterDataset:
+    """The pipeline as a grain ``IterDataset`` (``iter()`` it, or use :func:`make_pipeline`)."""
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} must be in [0, {process_count})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    d = cfg.data
+    seed = int(d.shuffle_seed if seed is None else seed)
+    source = open_source(path if path is not None else dataset_path(cfg), split)
+    if len(source) < process_count:
+        raise ValueError(f"split {split!r} has {len(source)} clips, fewer than the {process_count} processes")
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    ds = ds.shuffle(seed=seed).repeat(None)
+    sampler = SampleTargets(d.targets_per_example, d.resolution, d.augment.to_dict())
+    ds = ds.random_map(sampler, seed=(seed * 1_000_003 + 7919 * process_index + 17) % (2 ** 32))
+    ds = ds.batch(batch_size, drop_remainder=True)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, int(d.read_threads)),
+                                              prefetch_buffer_size=max(1, int(d.prefetch))))
+    if int(d.num_workers) > 0:
+        _grain_flags_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(d.num_workers),
+                                                         per_worker_buffer_size=max(1, int(d.prefetch))))
+        # Batches from workers live in shared memory blocks; plain copies free those blocks at once (a
+        # block still referenced at interpreter exit makes grain print errors and leak warnings).
+        it = it.map(_plain_arrays)
+    return it
+
+
+def _plain_arrays(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.array(v, copy=True) for k, v in batch.items()}
+
+
+def make_pipeline(cfg, split: str, batch_size: int, process_index: int | None = None,
+                  process_count: int | None = None, seed: int | None = None,
+                  path: str | os.PathLike | None = None) -> grain.DatasetIterator:
+    """An infinite iterator of per-process batches (the module docstring's contract).
+
+    The iterator's ``get_state()`` / ``set_state()`` checkpoint its position (also through
+    ``grain.checkpoint.CheckpointSave``). ``process_index`` / ``process_count`` default to JAX's;
+    ``seed`` to ``cfg.data.shuffle_seed``; ``path`` to the dataset of ``cfg`` (see :func:`ensure_dataset`).
+    """
+    return iter(make_dataset(cfg, split, batch_size, process_index, process_count, seed, path))
+
+
+def to_global(batch: Mapping[str, np.ndarray], mesh, batch_axes: tuple[str, ...] = ("data", "fsdp")) -> dict:
+    """Per-process batches -> global ``jax.Array`` s, the leading axis split over ``batch_axes`` of ``mesh``
+    (those that exist; replicated if none), via ``jax.make_array_from_process_local_data``."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    axes = tuple(a for a in batch_axes if a in mesh.axis_names)
+    spec = PartitionSpec(axes if len(axes) > 1 else axes[0]) if axes else PartitionSpec()
+    sharding = NamedSharding(mesh, spec)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def batch_nbytes(batch: Mapping[str, np.ndarray]) -> int:
+    return int(sum(np.asarray(v).nbytes for v in batch.values()))
+
+
+def describe(batch: Mapping[str, Float[np.ndarray, "..."]]) -> str:
+    return ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in batch.items())

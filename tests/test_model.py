@@ -1,0 +1,439 @@
+"""The avatar model: shapes of every part (both configs, abstractly), encode/motion/animate vs the fused
+forward, the effect of the driving frame, locality of the fusion, the size of δf at init, gradients,
+several cameras per avatar, rays mode, the opacity mask, and the PyTorch mirror of the decoder and
+fusion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_instant4d import render
+from jax_instant4d.config import apply_overrides, load_config_file
+from jax_instant4d.model import avatar as avatar_lib
+from jax_instant4d.model import decoder as dec
+from jax_instant4d.model.avatar import Avatar, Instant4D
+from jax_instant4d.model.fusion import Motion
+from jax_instant4d.model.instantiate import num_gaussians, sample_pdf
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+W = H = 16  # render size of the numerical tests (the dense reference rasterizer is O(H W N))
+
+
+# --------------------------------------------------------------------------------------------------
+# Light test doubles for the triplane encoder and the motion encoder (same signatures, one dense layer
+# each). The real modules are tested in test_model_encoder.py; compiling them costs minutes on a
+# 2-core machine, so the numerical tests use these, and one slow test runs the whole model with the
+# real (shrunk) modules.
+# --------------------------------------------------------------------------------------------------
+class StandInEncoder(nnx.Module):
+    def __init__(self, model_cfg, *, rngs):
+        self.res = int(model_cfg.encoder.plane_res)
+        self.channels = int(model_cfg.encoder.plane_channels)
+        self.proj = nnx.Linear(5, 3 * self.channels, rngs=rngs)
+
+    def __call__(self, image):
+        b = image.shape[0]
+        x = jax.image.resize(image, (b, self.res, self.res, 3), "bilinear")
+        yy, xx = jnp.meshgrid(jnp.linspace(-1, 1, self.res), jnp.linspace(-1, 1, self.res), indexing="ij")
+        x = jnp.concatenate([x, jnp.broadcast_to(jnp.stack([xx, yy], -1), (b, self.res, self.res, 2))], -1)
+        return jnp.moveaxis(self.proj(x).reshape(b, self.res, self.res, 3, self.channels), 3, 1)
+
+
+class StandInMotion(nnx.Module):
+    def __init__(self, model_cfg, *, rngs):
+        mot = model_cfg.motion
+        self.token_dim = int(mot.token_dim)
+        self.proj = nnx.Linear(8 * 8 * 3, int(mot.code_dim), rngs=rngs)
+
+    def __call__(self, crop):
+        b = crop.shape[0]
+        code = self.proj(jax.image.resize(crop, (b, 8, 8, 3), "bilinear").reshape(b, -1))
+        return code, code.reshape(b, -1, self.token_dim)
+
+
+def small_cfg(**overrides):
+    values = {"render.backend": "dense", "model.gaussian_res": 16}
+    values.update(overrides)
+    return apply_overrides(load_config_file(CONFIGS / "small.py"), {k: str(v) for k, v in values.items()})
+
+
+def make_model(cfg, seed=0, real=False):
+    if real:
+        model = Instant4D(cfg, rngs=nnx.Rngs(seed))
+    else:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(avatar_lib, "TriplaneEncoder", StandInEncoder)
+            mp.setattr(avatar_lib, "MotionEncoder", StandInMotion)
+            model = Instant4D(cfg, rngs=nnx.Rngs(seed))
+    # Random init puts most Gaussians outside the 18.8-degree view; pull positions towards the origin so
+    # that images (and image gradients) are not empty.
+    last = model.decoder.net.layers[2].kernel
+    last[...] = last[...].at[:, dec.POSITION].multiply(0.2)
+    return model
+
+
+_MODELS = {}
+
+
+def model_for(fusion="local", **overrides):
+    """One model per (fusion, overrides), shared by the tests of this module (the jit caches too)."""
+    key = (fusion, tuple(sorted(overrides.items())))
+    if key not in _MODELS:
+        _MODELS[key] = make_model(small_cfg(**{"model.fusion": fusion}, **overrides))
+    return _MODELS[key]
+
+
+def images(seed, b=2, size=64):
+    return jax.random.uniform(jax.random.key(seed), (b, size, size, 3))
+
+
+def cameras(b=2, size=W):
+    return render.orbit_camera(jnp.linspace(-0.2, 0.2, b), jnp.linspace(0.1, -0.1, b), size=size)
+
+
+ENCODE = nnx.jit(lambda m, x: m.encode(x))
+MOTION = nnx.jit(lambda m, x: m.motion(x))
+ANIMATE = nnx.jit(lambda m, a, z, c: m.animate(a, z, c, W, H))
+ANIMATE_GAUSSIANS = nnx.jit(lambda m, a, z: m.animate_gaussians(a, z))
+FUSED = nnx.jit(lambda m, s, d, c: m(s, d, c, W, H))
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes and dtypes (abstract, real encoder and motion encoder: no compute at full size)
+# --------------------------------------------------------------------------------------------------
+def _abstract_run(cfg, b=2, real=True):
+    size = int(cfg.model.image_size)
+    with pytest.MonkeyPatch.context() as mp:
+        if not real:
+            mp.setattr(avatar_lib, "TriplaneEncoder", StandInEncoder)
+            mp.setattr(avatar_lib, "MotionEncoder", StandInMotion)
+        model = nnx.eval_shape(lambda: Instant4D(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    img = jax.ShapeDtypeStruct((b, size, size, 3), jnp.float32)
+    cam = render.Camera(jax.ShapeDtypeStruct((b, 4, 4), jnp.float32), jax.ShapeDtypeStruct((b, 4), jnp.float32))
+
+    def run(st, src, drv, c):
+        m = nnx.merge(graphdef, st)
+        av = m.encode(src)
+        z = m.motion(drv)
+        return av, z, m.animate(av, z, c, size, size)
+
+    return model, jax.eval_shape(run, state, img, img, cam)
+
+
+# The real encoder and motion encoder for the plain model at both sizes; the variants (which only change
+# our parts) with the test doubles, to keep tracing time down.
+@pytest.mark.parametrize("name,fusion,mode,real", [
+    ("full", "local", "plane", True), ("small", "local", "plane", True), ("full", "global", "plane", False),
+    ("full", "local", "rays", False), ("small", "deform", "plane", False), ("small", "none", "plane", False),
+    ("small", "global", "rays", False)])
+def test_shapes_and_dtypes(name, fusion, mode, real):
+    cfg = apply_overrides(load_config_file(CONFIGS / f"{name}.py"),
+                          {"render.backend": "dense", "model.fusion": fusion, "model.instantiate": mode})
+    mc = cfg.model
+    n = num_gaussians(mc)
+    if name == "full":
+        assert n == (262_144 if mode == "plane" else 196_608)
+    b, f, p, s = 2, int(mc.feature_dim), int(mc.encoder.plane_res), int(mc.image_size)
+    model, (av, z, (rgb, alpha, depth, aux)) = _abstract_run(cfg, b, real)
+    assert isinstance(av, Avatar)
+    assert av.planes.shape == (b, 3, p, p, 2 * f)
+    assert av.f.shape == av.m.shape == (b, n, f)
+    g = av.base
+    assert (g.means.shape, g.scales.shape, g.quats.shape) == ((b, n, 3), (b, n, 3), (b, n, 4))
+    assert g.opacities.shape == g.densities.shape == (b, n) and g.colors.shape == (b, n, 3)
+    assert av.visible.shape == (b, n) and av.visible.dtype == jnp.bool_
+    code_dim, token_dim = int(mc.motion.code_dim), int(mc.motion.token_dim)
+    assert z.code.shape == av.z_src.code.shape == (b, code_dim)
+    assert z.tokens.shape == (b, code_dim // token_dim, token_dim)
+    assert rgb.shape == (b, s, s, 3) and alpha.shape == depth.shape == (b, s, s)
+    assert aux["delta"].shape == (b, n, 10 if fusion == "deform" else f)
+    assert aux["overflow"].shape == (b,) and aux["overflow"].dtype == jnp.int32
+    assert aux["gaussians"].means.shape == (b, n, 3)
+    for leaf in jax.tree.leaves((av, z, rgb, alpha, depth, aux)):
+        assert leaf.dtype in (jnp.float32, jnp.bool_, jnp.int32), leaf.dtype
+    # parameter shapes of the decoder and the fusion
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    assert params["decoder"]["net"]["layers"][0]["kernel"].shape == (f, 2 * f)
+    assert params["decoder"]["net"]["layers"][2]["kernel"].shape == (2 * f, 22)
+    if fusion == "none":
+        assert model.fusion is None
+    elif fusion in ("local", "deform"):
+        assert params["fusion"]["transform"]["mapping"]["kernel"].shape == (2 * code_dim, 2 * f)
+        assert "bias" not in params["fusion"]["transform"]["mapping"]
+        assert params["fusion"]["net"]["layers"][2]["kernel"].shape == (2 * f, 10 if fusion == "deform" else f)
+    else:
+        assert params["fusion"]["query"]["kernel"].shape == (f, f)
+        assert params["fusion"]["key"]["kernel"].shape == (token_dim, f)
+
+
+def test_decoder_activations():
+    d = dec.GaussianDecoder(48, rngs=nnx.Rngs(0))
+    raw = 3.0 * jax.random.normal(jax.random.key(1), (2, 50, 22))
+    activate = jax.jit(dec.activate)
+    g = activate(raw)
+    np.testing.assert_allclose(g.densities, jax.nn.softplus(raw[..., 0] - 1.0), rtol=1e-6)
+    np.testing.assert_allclose(g.opacities, 1.0 - np.exp(-np.asarray(g.densities)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.linalg.norm(g.quats, axis=-1), 1.0, rtol=1e-5)
+    assert float(jnp.abs(g.means).max()) <= 1.0 and 0.0 < float(g.scales.min()) and float(g.scales.max()) < 0.05
+    assert -0.001 <= float(g.colors.min()) and float(g.colors.max()) <= 1.001
+    np.testing.assert_allclose(g.means, np.tanh(raw[..., 11:14]), rtol=1e-6)
+    # the last layer's bias starts at zero; the 8 legacy channels do not influence any attribute
+    assert float(jnp.abs(d.net.layers[2].bias[...]).max()) == 0.0
+    raw2 = raw.at[..., jnp.array(dec.UNUSED_CHANNELS)].set(123.0)
+    for a, b in zip(activate(raw2), g, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # equalised learning rate: the stored kernel is N(0, 1), the effective one N(0, 1/fan_in)
+    k = np.asarray(d.net.layers[0].kernel[...])
+    assert 0.8 < k.std() < 1.2 and d.net.layers[0].weight_gain == pytest.approx(1 / np.sqrt(48))
+
+
+# --------------------------------------------------------------------------------------------------
+# Numerics on the small config (dense reference rasterizer, 16x16 images, 256 Gaussians)
+# --------------------------------------------------------------------------------------------------
+def _loss(m, src, drv, cam):
+    target = jnp.full(cam.intrinsics.shape[:1] + (H, W, 3), 0.3)
+    rgb, alpha, depth, aux = m(src, drv, cam, W, H)
+    loss = jnp.mean((rgb - target) ** 2) + 0.1 * jnp.mean(depth) + jnp.mean(aux["delta"] ** 2)
+    return loss, (rgb, alpha, depth, aux["delta"])
+
+
+_FUSED_GRADS = {}
+
+
+def fused_value_and_grad(fusion):
+    """The fused forward's outputs and the gradient of an image loss (one compile, shared by two tests)."""
+    if fusion not in _FUSED_GRADS:
+        model = model_for(fusion)
+        fn = nnx.jit(nnx.value_and_grad(lambda m: _loss(m, images(0), images(1), cameras()), has_aux=True))
+        _FUSED_GRADS[fusion] = fn(model)
+    return _FUSED_GRADS[fusion]
+
+
+def test_encode_motion_animate_equals_fused_forward():
+    model = model_for("local")
+    src, drv, cam = images(0), images(1), cameras()
+    rgb, alpha, depth, aux = ANIMATE(model, ENCODE(model, src), MOTION(model, drv), cam)
+    (_, (rgb2, alpha2, depth2, delta2)), _ = fused_value_and_grad("local")
+    assert float(alpha.max()) > 0.1  # something is rendered
+    np.testing.assert_allclose(rgb, rgb2, atol=1e-5)
+    np.testing.assert_allclose(alpha, alpha2, atol=1e-5)
+    np.testing.assert_allclose(depth, depth2, atol=1e-4)
+    np.testing.assert_allclose(aux["delta"], delta2, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", ["none", "local"])
+def test_driving_frame_effect(fusion):
+    model = model_for(fusion)
+    av, cam = ENCODE(model, images(0)), cameras()
+    rgb_a, _, _, aux_a = ANIMATE(model, av, MOTION(model, images(1)), cam)
+    rgb_b, _, _, aux_b = ANIMATE(model, av, MOTION(model, images(2)), cam)
+    assert float(rgb_a.max()) > 0.05
+    if fusion == "none":
+        np.testing.assert_array_equal(rgb_a, rgb_b)
+        for a, b in zip(aux_a["gaussians"], aux_b["gaussians"], strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert float(jnp.abs(aux_a["delta"]).max()) == 0.0
+    else:
+        assert float(jnp.abs(aux_a["delta"] - aux_b["delta"]).max()) > 1e-5
+        assert float(jnp.abs(aux_a["gaussians"].colors - aux_b["gaussians"].colors).max()) > 1e-6
+        assert float(jnp.abs(rgb_a - rgb_b).max()) > 1e-6
+
+
+@pytest.mark.parametrize("fusion", ["local", "global", "deform"])
+def test_fusion_is_local_per_gaussian(fusion):
+    """Changing one Gaussian's m changes that Gaussian's animated attributes and nothing else."""
+    model = model_for(fusion)
+    av = ENCODE(model, images(0))
+    z = MOTION(model, images(1))
+    g0, d0 = ANIMATE_GAUSSIANS(model, av, z)
+    i = 37
+    bump = jax.random.normal(jax.random.key(5), av.m.shape[-1:])  # (a constant shift would vanish in LN)
+    g1, d1 = ANIMATE_GAUSSIANS(model, av._replace(m=av.m.at[:, i].add(bump)), z)
+    for a, b in zip(g0 + (d0,), g1 + (d1,), strict=True):
+        diff = jnp.abs(a - b).reshape(a.shape[0], a.shape[1], -1).max(axis=-1)  # [B, N]
+        others = jnp.concatenate([diff[:, :i], diff[:, i + 1:]], axis=1)
+        assert float(others.max()) <= 1e-6
+    assert float(jnp.abs(d0[:, i] - d1[:, i]).max()) > 1e-5
+    assert float(jnp.abs(g0.means[:, i] - g1.means[:, i]).max()) > 1e-8
+
+
+def test_delta_small_at_init_for_identical_codes():
+    model = model_for("local")
+    av = ENCODE(model, images(0))
+    _, delta = ANIMATE_GAUSSIANS(model, av, av.z_src)
+    # 0.01 x an O(1) MLP output: small, but not zero (AdaLN has no identity path, as the authors').
+    assert 0.0 < float(jnp.abs(delta).max()) < 0.05
+    assert float(jnp.sqrt(jnp.mean(delta**2))) < 0.02
+    # the factor is exactly model.fusion_scale
+    fusion = model.fusion
+    unscaled = fusion.net(fusion.transform(jnp.concatenate([av.z_src.code, av.z_src.code], -1), av.m))
+    np.testing.assert_allclose(delta, 0.01 * unscaled, rtol=1e-5, atol=1e-8)
+
+
+def test_opacity_zero_below_density_threshold():
+    model = make_model(small_cfg())
+    bias = model.decoder.net.layers[2].bias
+    av = ENCODE(model, images(0))
+    assert bool(av.visible.all())
+    bias[...] = bias[...].at[0].set(-10.0)  # density = softplus(-11) ~ 1.7e-5 < 1/255 in the source
+    av = ENCODE(model, images(0))
+    assert not bool(av.visible.any())
+    g, _ = ANIMATE_GAUSSIANS(model, av, MOTION(model, images(1)))
+    assert float(jnp.abs(g.opacities).max()) == 0.0
+
+
+def _check_gradients(grads):
+    flat = nnx.to_flat_state(grads)
+    assert len(flat) > 10
+    for path, g in flat:
+        value = np.asarray(g.get_value() if hasattr(g, "get_value") else g)
+        name = "/".join(map(str, path))
+        if name == "decoder/net/layers/2/kernel":  # the 8 legacy outputs are never read
+            assert np.all(value[:, list(dec.UNUSED_CHANNELS)] == 0.0)
+            value = np.delete(value, list(dec.UNUSED_CHANNELS), axis=1)
+        if name == "decoder/net/layers/2/bias":
+            assert np.all(value[list(dec.UNUSED_CHANNELS)] == 0.0)
+            value = np.delete(value, list(dec.UNUSED_CHANNELS))
+        assert np.all(np.isfinite(value)), name
+        assert np.any(value != 0.0), f"no gradient reaches {name}"
+
+
+@pytest.mark.parametrize("fusion", ["local", "global"])
+def test_gradients_reach_every_parameter(fusion):
+    _, grads = fused_value_and_grad(fusion)
+    _check_gradients(grads)
+
+
+def test_several_cameras_per_avatar():
+    model = model_for("local")
+    b, k = 2, 3
+    av = ENCODE(model, images(0))
+    z = MOTION(model, images(1))
+    yaw = jnp.linspace(-0.3, 0.3, b * k).reshape(b, k)
+    cam_bk = render.orbit_camera(yaw, jnp.zeros_like(yaw), size=W)
+    rgb, alpha, depth, aux = ANIMATE(model, av, z, cam_bk)
+    assert rgb.shape == (b, k, H, W, 3) and alpha.shape == depth.shape == (b, k, H, W)
+    assert aux["delta"].shape[:1] == (b,) and aux["overflow"].shape == (b, k)
+    j = 2
+    rgb_j, *_ = ANIMATE(model, av, z, render.Camera(cam_bk.world_to_cam[:, j], cam_bk.intrinsics[:, j]))
+    np.testing.assert_allclose(rgb[:, j], rgb_j, atol=1e-5)
+    assert float(jnp.abs(rgb[:, 0] - rgb[:, 2]).max()) > 1e-3  # the views differ
+    # one driving frame per target: motion [B, K]
+    zk = MOTION(model, images(2, b * k))
+    zk = Motion(zk.code.reshape(b, k, -1), zk.tokens.reshape((b, k) + zk.tokens.shape[1:]))
+    rgb_k, _, _, aux_k = ANIMATE(model, av, zk, cam_bk)
+    assert aux_k["delta"].shape[:2] == (b, k) and aux_k["gaussians"].means.shape[:2] == (b, k)
+    zj = Motion(zk.code[:, j], zk.tokens[:, j])
+    rgb_1, *_ = ANIMATE(model, av, zj, render.Camera(cam_bk.world_to_cam[:, j], cam_bk.intrinsics[:, j]))
+    np.testing.assert_allclose(rgb_k[:, j], rgb_1, atol=1e-5)
+
+
+def test_rays_mode():
+    model = model_for("local", **{"model.instantiate": "rays", "model.rays.resolution": 8,
+                                  "model.rays.depth_samples": 6, "model.rays.importance_samples": 4})
+    n = 8 * 8 * (6 + 4)
+    encode_key = nnx.jit(lambda m, x, k: m.encode(x, k))
+    av_det = ENCODE(model, images(0))
+    assert av_det.f.shape == (2, n, 48)
+    np.testing.assert_array_equal(av_det.f, ENCODE(model, images(0)).f)  # no key: deterministic
+    av_rand = encode_key(model, images(0), jax.random.key(3))
+    assert float(jnp.abs(av_rand.f - av_det.f).max()) > 0.0
+    assert bool(jnp.all(jnp.isfinite(av_rand.base.means))) and bool(av_det.visible.any())
+    # importance sampling concentrates the samples in the heavy bin
+    bins = jnp.linspace(0.0, 1.0, 11)[None]
+    weights = jnp.zeros((1, 10)).at[0, 6].set(1.0)
+    s = sample_pdf(bins, weights, jnp.linspace(0.0, 1.0, 50)[None])
+    assert float(jnp.mean((s >= 0.6) & (s <= 0.7))) > 0.9
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole model with the real encoder and motion encoder (shrunk: fewer blocks)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_modules_fused_forward_and_gradients():
+    cfg = small_cfg(**{"model.encoder.resnet_blocks": (1, 1, 1, 1), "model.encoder.lowres_blocks": 1,
+                       "model.encoder.highres_layers": 1, "model.motion.hourglass_depth": 1})
+    model = make_model(cfg, real=True)
+    # Zero-initialised layers (e.g. the attention output projections) would block the gradient of
+    # everything before them at init: give every all-zero parameter small values first.
+    leaves = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    for i, (_, var) in enumerate(leaves):
+        if not np.any(np.asarray(var.get_value())):
+            var.set_value(0.01 * jax.random.normal(jax.random.key(i), var.get_value().shape))
+    nnx.update(model, nnx.from_flat_state(leaves))
+    src, drv, cam = images(0), images(1), cameras()
+    (_, (rgb_fused, *_)), grads = nnx.jit(nnx.value_and_grad(lambda m: _loss(m, src, drv, cam), has_aux=True))(model)
+    _check_gradients(grads)
+    rgb, *_ = ANIMATE(model, ENCODE(model, src), MOTION(model, drv), cam)
+    np.testing.assert_allclose(rgb, rgb_fused, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# PyTorch mirror
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fusion", ["local", "deform", "global"])
+def test_torch_mirror_round_trip(fusion):
+    torch = pytest.importorskip("torch")
+    from jax_instant4d.export import torch_gaussian as tg
+
+    cfg = small_cfg(**{"model.fusion": fusion})
+    model = model_for(fusion)
+    sd = tg.flax_to_torch_state_dict(model)
+    if fusion == "local":  # exactly the authors' names and shapes
+        assert {k: v.shape for k, v in sd.items()} == tg.official_shapes(48, int(cfg.model.motion.code_dim))
+    mirror = tg.build_torch_modules(cfg, token_dim=int(cfg.model.motion.token_dim))
+    assert set(mirror.state_dict()) == set(sd)
+    mirror.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=True)
+
+    av = ENCODE(model, images(0))
+    z_src, z_drv = av.z_src, MOTION(model, images(1))
+    g, delta = ANIMATE_GAUSSIANS(model, av, z_drv)
+    t = lambda x: torch.from_numpy(np.array(x))  # noqa: E731
+    with torch.no_grad():
+        d_t = mirror["motion_decoder"](t(av.m), t(z_src.code), t(z_drv.code), t(z_src.tokens), t(z_drv.tokens))
+        np.testing.assert_allclose(d_t.numpy(), delta, rtol=1e-4, atol=1e-6)
+        if fusion != "deform":
+            out = mirror["decoder"](t(av.f) + d_t)
+            for name in ("means", "scales", "quats", "colors", "densities"):
+                np.testing.assert_allclose(out[name].numpy(), getattr(g, name), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(out["opacities"].numpy() * np.asarray(av.visible), g.opacities,
+                                       rtol=1e-4, atol=1e-6)
+
+    # back: torch -> flax into a differently initialised model gives the same parameters and outputs
+    other = make_model(cfg, seed=7)
+    tg.load_torch_state_dict(other, mirror.state_dict())
+    a = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    b = nnx.to_pure_dict(nnx.state(other, nnx.Param))
+    for key in ("decoder", "fusion"):
+        for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key]), strict=True):
+            np.testing.assert_array_equal(x, y)
+    sd2 = tg.flax_to_torch_state_dict(other)
+    assert sd2.keys() == sd.keys() and all(np.array_equal(sd[k], sd2[k]) for k in sd)
+    with pytest.raises(ValueError, match="shape"):
+        bad = dict(mirror.state_dict())
+        bad["decoder.net.0.bias"] = torch.zeros(5)
+        tg.load_torch_state_dict(other, bad)
+
+
+def test_torch_instantiation_matches():
+    torch = pytest.importorskip("torch")
+    from jax_instant4d.export import torch_gaussian as tg
+    from jax_instant4d.model.instantiate import instantiate_plane, sample_triplanes
+
+    planes = jax.random.normal(jax.random.key(0), (2, 3, 8, 8, 6))
+    planes_t = torch.from_numpy(np.array(jnp.moveaxis(planes, -1, 2)))  # [B, 3, C, P, P]
+    for res in (16, 5):  # up and down (antialiased)
+        ours = jax.jit(instantiate_plane, static_argnums=1)(planes, res)
+        theirs = tg.instantiate_plane_torch(planes_t, res).numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    pts = jax.random.uniform(jax.random.key(1), (2, 100, 3), minval=-0.6, maxval=0.6)
+    ours = jax.jit(sample_triplanes)(planes, pts)
+    theirs = tg.sample_triplanes_torch(planes_t, torch.from_numpy(np.array(pts))).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
