@@ -18,3 +18,17 @@ def has_gpu() -> bool:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory):
+    """A real Instant4D work directory (checkpoint 0, initial parameters) and its tiny dataset.
+
+    Returns ``(workdir, cfg)``; see ``tests/real_checkpoint.py``. Shared by the animate, eval and export
+    tests (about 20 s to create)."""
+    from real_checkpoint import ensure_data, tiny_real_config, write_checkpoint
+
+    root = tmp_path_factory.mktemp("real_run")
+    cfg = tiny_real_config(root / "run", root / "data")
+    ensure_data(cfg)
+    return write_checkpoint(cfg), cfg

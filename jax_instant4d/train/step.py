@@ -393,6 +393,7 @@ class Trainer:
 
     def _eval_step(self, params, frozen, rest, batch, num_images: int):
         model = self.mdef.merge(params, frozen, rest, jax.random.key(0))
+        model.eval()  # running statistics, no dropout: a frame's code must not depend on its batch
         avatar, z_src, z_drv = self._encode(model, batch)
         res = batch["target"].shape[2]
         b, k = batch["target"].shape[:2]
