@@ -13,9 +13,9 @@ _REGISTRY = [
     ("data", "jax_instant4d.data.cli", "COMMAND"),
     ("train", "jax_instant4d.train.cli", "COMMAND"),
     ("eval", "jax_instant4d.eval.cli", "COMMAND"),
-    ("animate", "jax_instant4d.export.cli", "ANIMATE_COMMAND"),
+    ("animate", "jax_instant4d.animate", "COMMAND"),
     ("export", "jax_instant4d.export.cli", "COMMAND"),
-    ("sweep", "jax_instant4d.train.sweep_cli", "COMMAND"),
+    ("sweep", "jax_instant4d.sweep", "COMMAND"),
     ("bench", "jax_instant4d.bench", "COMMAND"),
 ]
 
