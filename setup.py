@@ -144,6 +144,7 @@ setup(
         "imageio>=2.34,<3",
         "imageio-ffmpeg>=0.5,<1",
         "tqdm>=4.66",
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],

@@ -118,6 +118,10 @@ def _model_defaults() -> ConfigDict:
             "ray_end": 3.5,
             "box_warp": 1.0,  # the triplanes span [-box_warp/2, box_warp/2]^3
         }),
+        # Gaussian positions: "frontal" = anchor + tanh (plane mode: the texel's point on the frontal view at
+        # z = 0; rays mode: the sample point), needed to train from scratch; "none" = tanh alone, absolute
+        # (the authors' code: use it for their released weights). See model/instantiate.py.
+        "anchors": "frontal",
         "fusion": "local",  # local | global | deform | none
         "fusion_scale": 0.01,  # delta = fusion_scale * MLP(...)
         "global_heads": 4,  # global fusion: attention heads (feature_dim divisible by it)

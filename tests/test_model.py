@@ -194,6 +194,38 @@ def test_decoder_activations():
     assert 0.8 < k.std() < 1.2 and d.net.layers[0].weight_gain == pytest.approx(1 / np.sqrt(48))
 
 
+def test_frontal_anchors_start_as_a_sheet_over_the_frontal_view():
+    """model.anchors: positions are anchor + tanh(raw); the plane-mode anchor of texel (row, column) is
+    seen by the frontal camera at pixel (row, column), on z = 0; freshly initialised, the Gaussians sit
+    at their anchors (the whole frontal view covered); with "none" the positions are absolute."""
+    res = 16
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(avatar_lib, "TriplaneEncoder", StandInEncoder)
+        mp.setattr(avatar_lib, "MotionEncoder", StandInMotion)
+        anchored = Instant4D(small_cfg(), rngs=nnx.Rngs(0))
+        absolute = Instant4D(small_cfg(**{"model.anchors": "none"}), rngs=nnx.Rngs(0))
+    av = ENCODE(anchored, images(0))
+    raw = anchored.decoder.raw(av.f)
+    np.testing.assert_allclose(av.base.means, av.anchors + np.tanh(raw[..., dec.POSITION]), atol=1e-6)
+    cam = render.orbit_camera(jnp.zeros(()), jnp.zeros(()), fov_degrees=anchored.fov_degrees, size=res)
+    w2c, (fx, fy, cx, cy) = np.asarray(cam.world_to_cam), np.asarray(cam.intrinsics)
+    anchors = np.asarray(av.anchors[0])
+    cam_pts = anchors @ w2c[:3, :3].T + w2c[:3, 3]
+    pix = np.stack([fx * cam_pts[:, 0] / cam_pts[:, 2] + cx, fy * cam_pts[:, 1] / cam_pts[:, 2] + cy], -1)
+    rows, cols = np.meshgrid(np.arange(res) + 0.5, np.arange(res) + 0.5, indexing="ij")
+    np.testing.assert_allclose(pix, np.stack([cols.ravel(), rows.ravel()], -1), atol=1e-3)
+    np.testing.assert_allclose(anchors[:, 2], 0.0, atol=1e-5)
+    half_view = 2.7 * np.tan(np.radians(anchored.fov_degrees) / 2)  # the frontal view's half-width at z = 0
+    assert np.abs(anchors[:, :2]).max() == pytest.approx(half_view * (1 - 1 / res), rel=1e-4)
+    assert float(jnp.abs(av.base.means - av.anchors).max()) < 0.05 * half_view  # at their anchors
+    av_abs = ENCODE(absolute, images(0))
+    assert float(jnp.abs(av_abs.anchors).max()) == 0.0
+    np.testing.assert_allclose(av_abs.base.means, np.tanh(absolute.decoder.raw(av_abs.f)[..., dec.POSITION]),
+                               atol=1e-6)
+    k = np.asarray(absolute.decoder.net.layers[2].kernel[...])
+    assert 0.8 < k[:, dec.POSITION].std() < 1.2  # the authors' initialisation, untouched
+
+
 # --------------------------------------------------------------------------------------------------
 # Numerics on the small config (dense reference rasterizer, 16x16 images, 256 Gaussians)
 # --------------------------------------------------------------------------------------------------

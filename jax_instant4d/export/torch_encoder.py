@@ -143,6 +143,22 @@ def mapping_table(module: nnx.Module) -> list[tuple[str, str, str]]:
     return rows
 
 
+def torch_shapes(module: nnx.Module, *, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Names and shapes of :func:`flax_to_torch_state_dict` without reading any value (so it works on an
+    abstract module from ``nnx.eval_shape``)."""
+    rules = _rules(module)
+    out: dict[str, tuple[int, ...]] = {}
+    for path, var in _variables(module):
+        shape = tuple(int(d) for d in var.shape)
+        if str(path[-1]) == "kernel" and len(shape) == 4:
+            shape = (shape[3], shape[2], shape[0], shape[1])
+        elif str(path[-1]) == "kernel" and len(shape) == 2:
+            shape = shape[::-1]
+        out[_torch_name(path, rules)] = shape
+    out.update({k: tuple(v.shape) for k, v in _extra_torch_entries(module, list(out)).items()})
+    return {prefix + k: v for k, v in out.items()}
+
+
 def flax_to_torch_state_dict(module: nnx.Module, *, prefix: str = "") -> dict[str, np.ndarray]:
     """The module's weights as an official-style PyTorch state dict of NumPy arrays (float32, C order).
 

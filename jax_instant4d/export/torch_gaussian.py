@@ -89,6 +89,20 @@ def flax_to_torch_state_dict(model_or_state: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def torch_shapes(model_or_state: Any) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of :func:`flax_to_torch_state_dict` without reading values (abstract models too)."""
+    params = _pure_params(model_or_state)
+    out = {}
+    for top in PREFIXES:
+        if top not in params or params[top] is None:
+            continue
+        for path, value in _walk(params[top], (top,)):
+            name, transpose = flax_name_to_torch(path)
+            shape = tuple(int(d) for d in value.shape)
+            out[name] = shape[::-1] if transpose else shape
+    return out
+
+
 def torch_state_dict_to_flax(state_dict: Mapping[str, Any]) -> dict:
     """``{torch name: tensor or array}`` -> nested pure dict ``{"decoder": ..., "fusion": ...}`` of NumPy
     arrays (keys of other modules are ignored). Numbered ``net.i`` become ``net/layers/i``."""

@@ -36,10 +36,20 @@ from jax_instant4d import render as render_lib
 from jax_instant4d.model.decoder import GaussianDecoder, Gaussians
 from jax_instant4d.model.encoder import TriplaneEncoder
 from jax_instant4d.model.fusion import FUSIONS, Motion, deform_gaussians, make_fusion
-from jax_instant4d.model.instantiate import INSTANTIATIONS, instantiate_plane, instantiate_rays, num_gaussians
+from jax_instant4d.model.instantiate import (
+    ANCHORS,
+    INSTANTIATIONS,
+    frontal_anchors,
+    instantiate_plane,
+    instantiate_rays,
+    num_gaussians,
+)
 from jax_instant4d.model.motion import MotionEncoder, face_crop
 
 __all__ = ["Avatar", "Gaussians", "Instant4D", "Motion"]
+
+# Initial scale of Φ's position weights with anchored positions (see GaussianDecoder).
+ANCHORED_POSITION_INIT = 0.01
 
 
 class Avatar(NamedTuple):
@@ -48,9 +58,10 @@ class Avatar(NamedTuple):
     planes: Float[Array, "B 3 P P C"]  # the encoder's triplanes
     f: Float[Array, "B N F"]  # appearance/geometry feature per Gaussian
     m: Float[Array, "B N F"]  # motion basis per Gaussian
-    base: Gaussians  # Φ(f): the source-expression Gaussians
+    base: Gaussians  # Φ(f) (+ anchors): the source-expression Gaussians
     visible: Bool[Array, "B N"]  # source density >= model.density_threshold
     z_src: Motion  # motion of the source image
+    anchors: Float[Array, "B N 3"]  # added to Φ's positions (zeros with model.anchors = "none")
 
 
 # (rgb [*, H, W, 3], alpha [*, H, W], depth [*, H, W], aux) with * = [B] or [B, K]
@@ -77,6 +88,8 @@ class Instant4D(nnx.Module):
         mc, rc = cfg.model, cfg.render
         if mc.fusion not in FUSIONS:
             raise ValueError(f"model.fusion must be one of {FUSIONS}, got {mc.fusion!r}")
+        if mc.anchors not in ANCHORS:
+            raise ValueError(f"model.anchors must be one of {ANCHORS}, got {mc.anchors!r}")
         if mc.instantiate not in INSTANTIATIONS:
             raise ValueError(f"model.instantiate must be one of {INSTANTIATIONS}, got {mc.instantiate!r}")
         if int(mc.encoder.plane_channels) != 2 * int(mc.feature_dim):
@@ -86,6 +99,7 @@ class Instant4D(nnx.Module):
         self.feature_dim = int(mc.feature_dim)
         self.fusion_kind = str(mc.fusion)
         self.instantiate_mode = str(mc.instantiate)
+        self.anchor_mode = str(mc.anchors)
         self.gaussian_res = int(mc.gaussian_res)
         self.num_gaussians = num_gaussians(mc)
         self.density_threshold = float(mc.density_threshold)
@@ -99,7 +113,8 @@ class Instant4D(nnx.Module):
 
         self.encoder = TriplaneEncoder(mc, rngs=rngs)
         self.motion_encoder = MotionEncoder(mc, rngs=rngs)
-        self.decoder = GaussianDecoder(self.feature_dim, rngs=rngs)
+        self.decoder = GaussianDecoder(self.feature_dim, position_init=ANCHORED_POSITION_INIT
+                                       if self.anchor_mode == "frontal" else 1.0, rngs=rngs)
         self.fusion = make_fusion(self.fusion_kind, self.feature_dim, int(mc.motion.code_dim), int(mc.motion.token_dim),
                                   scale=float(mc.fusion_scale), heads=int(mc.global_heads), rngs=rngs)
 
@@ -109,13 +124,23 @@ class Instant4D(nnx.Module):
         code, tokens = self.motion_encoder(face_crop(frame, self.crop_size))
         return Motion(code, tokens)
 
-    def instantiate(self, planes: Float[Array, "B 3 P P C"], key: jax.Array | None = None) -> Float[Array, "B N C"]:
-        """Triplanes -> per-Gaussian features [f | m] (``model.instantiate`` mode)."""
+    def instantiate(self, planes: Float[Array, "B 3 P P C"], key: jax.Array | None = None
+                    ) -> tuple[Float[Array, "B N C"], Float[Array, "B N 3"]]:
+        """Triplanes -> per-Gaussian features [f | m] (``model.instantiate`` mode) and the anchors added
+        to Φ's positions (``model.anchors``; zeros for ``"none"``)."""
+        b = planes.shape[0]
         if self.instantiate_mode == "plane":
-            return instantiate_plane(planes, self.gaussian_res)
-        feats, _points = instantiate_rays(planes, lambda f: self.decoder(f).densities, self.rays, self.fov_degrees,
-                                          self.camera_radius, key=key, feature_dim=self.feature_dim)
-        return feats
+            feats = instantiate_plane(planes, self.gaussian_res)
+            if self.anchor_mode == "frontal":
+                grid = jnp.asarray(frontal_anchors(self.gaussian_res, self.fov_degrees, self.camera_radius))
+                anchors = jnp.broadcast_to(grid, (b,) + grid.shape)
+            else:
+                anchors = jnp.zeros((b, feats.shape[1], 3), feats.dtype)
+            return feats, anchors
+        anchored = self.anchor_mode == "frontal"
+        feats, points = instantiate_rays(planes, lambda f: self.decoder(f).densities, self.rays, self.fov_degrees,
+                                         self.camera_radius, key=key, feature_dim=self.feature_dim)
+        return feats, (jax.lax.stop_gradient(points) if anchored else jnp.zeros_like(points))
 
     def encode(self, source: Float[Array, "B R R 3"], key: jax.Array | None = None) -> Avatar:
         """Runs once per source image (in [0, 1]): triplanes, Gaussians' features, Φ(f) and z_src.
@@ -124,18 +149,23 @@ class Instant4D(nnx.Module):
         the samples are deterministic.
         """
         planes = self.encoder(source)
-        feats = self.instantiate(planes, key)
+        feats, anchors = self.instantiate(planes, key)
         f, m = feats[..., : self.feature_dim], feats[..., self.feature_dim:]
-        base = self.decoder(f)
+        base = self._decode(f, anchors)
         visible = base.densities >= self.density_threshold
-        return Avatar(planes, f, m, base, visible, self.motion(source))
+        return Avatar(planes, f, m, base, visible, self.motion(source), anchors)
+
+    def _decode(self, f: Float[Array, "*B N F"], anchors: Float[Array, "*B N 3"]) -> Gaussians:
+        """Φ(f), positions offset by the anchors."""
+        g = self.decoder(f)
+        return g._replace(means=g.means + anchors)
 
     def animate_gaussians(self, avatar: Avatar, z_drv: Motion) -> tuple[Gaussians, Float[Array, "B N D"]]:
         """The animated Gaussians (opacity 0 where not ``visible``) and the fusion output (δf, or the
         deform offsets, or zeros for ``none``). All leaves share the batch shape [B]."""
-        return self._animate(avatar.f, avatar.m, avatar.base, avatar.visible, avatar.z_src, z_drv)
+        return self._animate(avatar.f, avatar.m, avatar.base, avatar.visible, avatar.z_src, avatar.anchors, z_drv)
 
-    def _animate(self, f, m, base, visible, z_src, z_drv):
+    def _animate(self, f, m, base, visible, z_src, anchors, z_drv):
         if self.fusion is None:
             g, delta = base, jnp.zeros_like(f)
         elif self.fusion_kind == "deform":
@@ -143,7 +173,7 @@ class Instant4D(nnx.Module):
             g = deform_gaussians(base, delta)
         else:
             delta = self.fusion(m, z_src, z_drv)
-            g = self.decoder(f + delta)
+            g = self._decode(f + delta, anchors)
         return g._replace(opacities=jnp.where(visible, g.opacities, 0.0)), delta
 
     def render(self, gaussians: Gaussians, camera: render_lib.Camera, width: int, height: int,
@@ -168,7 +198,7 @@ class Instant4D(nnx.Module):
         b, k = w2c.shape[:2]
         per_target = z_drv.code.ndim == 3
         if per_target:  # one driving frame per target: animate B*K sets
-            parts = _repeat((avatar.f, avatar.m, avatar.base, avatar.visible, avatar.z_src), k)
+            parts = _repeat((avatar.f, avatar.m, avatar.base, avatar.visible, avatar.z_src, avatar.anchors), k)
             g, delta = self._animate(*parts, _flatten2(z_drv))
             g_flat = g
         else:  # one driving frame per example: animate B sets, render each K times

@@ -15,6 +15,14 @@ Two modes, as the paper's two checkpoints (``model.instantiate``):
     (24 + 24) = 196,608 Gaussians. As in the authors' renderer, a sample point only decides which
     features a Gaussian gets: its rendered position is Φ's absolute tanh output, like in plane mode.
 
+Anchors (``model.anchors``): with ``"none"`` (the authors' code) a Gaussian's position is Φ's absolute
+tanh output. With ``"frontal"`` it is an anchor plus that output: in plane mode the anchor of texel
+(row, column) is where the frontal camera's ray through pixel (row, column) meets z = 0
+(:func:`frontal_anchors`), in rays mode the sample point itself. Training from scratch needs the
+anchors: with absolute positions a freshly initialised encoder gives nearly equal features, so all
+Gaussians start at one point, mostly outside the image, and no gradient reaches them; anchored, they
+start as a sheet covering the frontal view. Imported official weights use ``"none"``.
+
 Without a key, the rays are sampled deterministically (bin centres; evenly spaced CDF quantiles).
 The number of Gaussians is static in both modes (see :func:`num_gaussians`).
 """
@@ -32,6 +40,7 @@ from jaxtyping import Array, Float
 from jax_instant4d.render import orbit_camera
 
 INSTANTIATIONS = ("plane", "rays")
+ANCHORS = ("frontal", "none")
 
 # Plane axes as in EG3D/the authors: a point (x, y, z) reads plane 0 at (x, y), plane 1 at (x, z) and
 # plane 2 at (z, y), as (column, row) grid coordinates of grid_sample.
@@ -54,6 +63,15 @@ def instantiate_plane(planes: Float[Array, "B 3 P P C"], resolution: int) -> Flo
     mean = jnp.mean(planes, axis=1)
     up = jax.image.resize(mean, (b, resolution, resolution, c), method="bilinear", antialias=True)
     return up.reshape(b, resolution * resolution, c)
+
+
+def frontal_anchors(resolution: int, fov_degrees: float, radius: float) -> Float[np.ndarray, "M 3"]:
+    """Where the frontal camera's ray through each pixel centre of a ``resolution``^2 grid meets the
+    plane z = 0 (row-major, like :func:`instantiate_plane`'s texels): a sheet that exactly covers the
+    frontal view, texel (row, column) in front of pixel (row, column)."""
+    origins, dirs = frontal_rays(resolution, fov_degrees, radius)
+    t = -origins[:, 2:3] / dirs[:, 2:3]
+    return (origins + t * dirs).astype(np.float32)
 
 
 def _grid_sample(plane: Float[Array, "H W C"], uv: Float[Array, "M 2"]) -> Float[Array, "M C"]:

@@ -1,0 +1,311 @@
+"""Expression error on ``synthetic_heads``: our stand-in for the paper's AED (which needs SMIRK / FLAME).
+
+A small CNN (plain JAX) regresses the 14 expression parameters (``record.EXPRESSION_NAMES``) from a
+rendered frame. It is trained on ground-truth renders of the synthetic head generator: random
+identities (never the dataset's: they come from their own seeds), expressions drawn as the dataset
+draws them (``heads.sample_expression``), cameras uniform in the teacher-view range (yaw within +-35
+degrees, pitch within +-20 degrees: the regressor is applied to frames at the teacher's cameras, so it
+must read expressions off-frontal too), quantised to uint8 like the stored frames. Its accuracy on
+renders of *other* held-out random identities is reported with it (``test_mae``, and ``baseline_mae``
+of always predicting the training mean): that is the metric's floor, the error it makes on perfect
+frames.
+
+The expression error of a set of frames is the mean absolute difference between the regressor's
+prediction and the ground-truth expression, over frames and the 14 parameters (each in its own range:
+[0, 1] or [-1, 1]). The paper's AED is an L2 distance between SMIRK's FLAME expression coefficients;
+the numbers are not comparable, only the idea (expression read off the output by a fixed network).
+
+The trained regressor is cached under ``<data_dir>/eval_cache/`` in a file named by a hash of every
+setting that changes it (:class:`RegressorSettings`, the generator version), so it trains once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, UInt8
+
+from jax_instant4d.data import heads, record, synthetic
+from jax_instant4d.eval import groundtruth
+from jax_instant4d.train import losses
+
+REGRESSOR_VERSION = 1  # bump when the network, its training or its data change
+Params = dict[str, jax.Array]
+_LO = record.EXPRESSION_RANGES[:, 0]
+_HI = record.EXPRESSION_RANGES[:, 1]
+
+
+@dataclass(frozen=True)
+class RegressorSettings:
+    """Everything that determines the regressor (its cache key). Defaults: ~2-3 min on 2 CPU cores."""
+
+    resolution: int = 64  # frames are area-resized to this before the network
+    identities: int = 48  # random training identities
+    test_identities: int = 8  # other random identities for the reported accuracy
+    train_images: int = 3072
+    test_images: int = 384
+    steps: int = 1500
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    widths: tuple[int, ...] = (16, 32, 64, 96)  # one stride-2 3x3 conv (+ one stride-1) per width
+    hidden: int = 256
+    yaw_degrees: float = synthetic.TARGET_YAW
+    pitch_degrees: float = synthetic.TARGET_PITCH
+    fov_degrees: float = 18.837
+    camera_radius: float = 2.7
+    seed: int = 0
+
+    def __post_init__(self):
+        for k in ("resolution", "identities", "test_identities", "train_images", "test_images", "steps",
+                  "batch_size", "hidden"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"expression regressor setting {k} must be >= 1, got {getattr(self, k)}")
+        if self.resolution % (2 ** len(self.widths)) != 0:
+            raise ValueError(f"expression regressor resolution {self.resolution} must be divisible by "
+                             f"2^{len(self.widths)} (one stride-2 stage per width)")
+
+    @property
+    def key(self) -> str:
+        h = hashlib.sha1(repr((sorted(asdict(self).items()), REGRESSOR_VERSION, synthetic.GENERATOR_VERSION))
+                         .encode()).hexdigest()[:10]
+        return f"expression_regressor-r{self.resolution}-{h}"
+
+
+@dataclass
+class Regressor:
+    settings: RegressorSettings
+    params: Params
+    info: dict  # test_mae, baseline_mae, per_parameter_mae, train_seconds, path, cached
+
+    def predict(self, images: Float[Array, "B H W 3"]) -> Float[np.ndarray, "B E"]:
+        """Expression parameters of frames in [0, 1] (any square size; area-resized)."""
+        return predict(self.params, images, self.settings.resolution)
+
+
+# --------------------------------------------------------------------------------------------------
+# The network (plain JAX: a dict of arrays, saved as .npz)
+# --------------------------------------------------------------------------------------------------
+
+
+def init_params(settings: RegressorSettings, key: jax.Array) -> Params:
+    """He-initialised convolutions (HWIO) and dense layers."""
+    params: Params = {}
+    cin = 3
+    keys = iter(jax.random.split(key, 4 * len(settings.widths) + 4))
+    for i, c in enumerate(settings.widths):
+        for name, ci in ((f"conv{i}a", cin), (f"conv{i}b", c)):
+            params[f"{name}.w"] = jax.random.normal(next(keys), (3, 3, ci, c)) * math.sqrt(2.0 / (9 * ci))
+            params[f"{name}.b"] = jnp.zeros((c,))
+        cin = c
+    side = settings.resolution // 2 ** len(settings.widths)
+    flat = side * side * cin
+    params["fc1.w"] = jax.random.normal(next(keys), (flat, settings.hidden)) * math.sqrt(2.0 / flat)
+    params["fc1.b"] = jnp.zeros((settings.hidden,))
+    params["fc2.w"] = jax.random.normal(next(keys), (settings.hidden, record.NUM_EXPRESSION)) / math.sqrt(
+        settings.hidden)
+    params["fc2.b"] = jnp.zeros((record.NUM_EXPRESSION,))
+    return params
+
+
+def _conv(x, w, b, stride):
+    y = jax.lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.relu(y + b)
+
+
+def apply(params: Params, images: Float[Array, "B R R 3"]) -> Float[Array, "B E"]:
+    """Normalised predictions (each parameter mapped from its range to [0, 1])."""
+    x = images * 2.0 - 1.0
+    i = 0
+    while f"conv{i}a.w" in params:
+        x = _conv(x, params[f"conv{i}a.w"], params[f"conv{i}a.b"], 2)
+        x = _conv(x, params[f"conv{i}b.w"], params[f"conv{i}b.b"], 1)
+        i += 1
+    x = x.reshape(x.shape[0], -1)
+    x = jax.nn.relu(x @ params["fc1.w"] + params["fc1.b"])
+    return x @ params["fc2.w"] + params["fc2.b"]
+
+
+def normalise(expr: Float[np.ndarray, "B E"]) -> Float[np.ndarray, "B E"]:
+    return (np.asarray(expr, np.float32) - _LO) / (_HI - _LO)
+
+
+def denormalise(y: Float[np.ndarray, "B E"]) -> Float[np.ndarray, "B E"]:
+    return np.clip(np.asarray(y, np.float32) * (_HI - _LO) + _LO, _LO, _HI)
+
+
+@jax.jit
+def _apply_jit(params, images):
+    return apply(params, images)
+
+
+def predict(params: Params, images: Float[Array, "B H W 3"], resolution: int,
+            batch: int = 64) -> Float[np.ndarray, "B E"]:
+    """Expression parameters (in their ranges) of frames in [0, 1]."""
+    images = np.asarray(images, np.float32)
+    out = []
+    for s in range(0, images.shape[0], batch):
+        x = losses.resize_to(jnp.asarray(images[s:s + batch]), int(resolution))
+        n = x.shape[0]
+        if n < batch and images.shape[0] > batch:  # keep one compiled shape for long runs
+            x = jnp.concatenate([x, jnp.zeros((batch - n, *x.shape[1:]), x.dtype)])
+        out.append(np.asarray(_apply_jit(params, x))[:n])
+    return denormalise(np.concatenate(out)) if out else np.zeros((0, record.NUM_EXPRESSION), np.float32)
+
+
+def expression_error(predicted: Float[np.ndarray, "B E"], truth: Float[np.ndarray, "B E"]) -> Float[np.ndarray, " B"]:
+    """Per frame: mean absolute error over the 14 parameters."""
+    return np.mean(np.abs(np.asarray(predicted, np.float32) - np.asarray(truth, np.float32)), axis=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training data and training
+# --------------------------------------------------------------------------------------------------
+
+
+def make_images(settings: RegressorSettings, split: str, backend: str = "auto", group: int | None = None,
+                log: Callable[[str], None] | None = None) -> tuple[UInt8[np.ndarray, "N R R 3"], np.ndarray]:
+    """Ground-truth renders and their expressions: ``split`` "train" or "test" (other identities)."""
+    from jax_instant4d.render import orbit_camera
+
+    s = settings
+    tag = 1 if split == "train" else 2
+    n_id = s.identities if split == "train" else s.test_identities
+    n = s.train_images if split == "train" else s.test_images
+    ids = np.stack([heads.sample_identity(np.random.default_rng([s.seed, 100 + tag, i])) for i in range(n_id)])
+    rng = np.random.default_rng([s.seed, 200 + tag])
+    which = rng.integers(0, n_id, n)
+    expr = np.stack([heads.sample_expression(rng) for _ in range(n)]).astype(np.float32)
+    rad = math.pi / 180.0
+    yaw = rng.uniform(-s.yaw_degrees, s.yaw_degrees, n) * rad
+    pitch = rng.uniform(-s.pitch_degrees, s.pitch_degrees, n) * rad
+    cam = orbit_camera(jnp.asarray(yaw, jnp.float32), jnp.asarray(pitch, jnp.float32), radius=s.camera_radius,
+                       fov_degrees=s.fov_degrees, size=s.resolution)
+    t0 = time.perf_counter()
+    canon = groundtruth.canonicals(ids, group)
+    images = groundtruth.render_frames(canon, which, expr, np.asarray(cam.world_to_cam), np.asarray(cam.intrinsics),
+                                       s.resolution, backend)
+    if log is not None:
+        log(f"expression regressor: {n} {split} renders of {n_id} identities in {time.perf_counter() - t0:.1f} s")
+    return images, expr
+
+
+def train_regressor(settings: RegressorSettings, backend: str = "auto", group: int | None = None,
+                    log: Callable[[str], None] | None = None) -> Regressor:
+    """Generates the renders, trains (Adam, cosine decay, MSE on normalised parameters), measures the
+    held-out accuracy. Not cached: see :func:`ensure_regressor`."""
+    s = settings
+    t0 = time.perf_counter()
+    x_train, e_train = make_images(s, "train", backend, group, log)
+    x_test, e_test = make_images(s, "test", backend, group, log)
+    y_train = normalise(e_train)
+    tx = optax.adam(optax.cosine_decay_schedule(s.learning_rate, s.steps, alpha=0.05))
+    params = init_params(s, jax.random.key(s.seed))
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, x, y):
+        def loss_fn(p):
+            return jnp.mean((apply(p, x.astype(jnp.float32) / 255.0) - y) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt, loss
+
+    rng = np.random.default_rng([s.seed, 300])
+    bs = min(s.batch_size, len(x_train))
+    first = last = None
+    t1 = time.perf_counter()
+    for i in range(s.steps):
+        idx = rng.choice(len(x_train), bs, replace=False)
+        params, opt, loss = step(params, opt, jnp.asarray(x_train[idx]), jnp.asarray(y_train[idx]))
+        if i == 0:
+            first = float(loss)
+        if log is not None and (i + 1) % max(1, s.steps // 5) == 0:
+            log(f"expression regressor: step {i + 1}/{s.steps} loss {float(loss):.4f}")
+    last = float(loss)
+    train_time = time.perf_counter() - t1
+    pred = predict(params, x_test.astype(np.float32) / 255.0, s.resolution)
+    err = np.abs(pred - e_test)
+    base = np.abs(denormalise(np.mean(y_train, axis=0, keepdims=True)) - e_test)
+    info = {
+        "test_mae": float(err.mean()),
+        "baseline_mae": float(base.mean()),
+        "per_parameter_mae": {n: float(v) for n, v in zip(record.EXPRESSION_NAMES, err.mean(0), strict=True)},
+        "per_parameter_baseline_mae": {n: float(v) for n, v in zip(record.EXPRESSION_NAMES, base.mean(0),
+                                                                   strict=True)},
+        "first_loss": first,
+        "final_loss": last,
+        "train_seconds": float(time.perf_counter() - t0),
+        "fit_seconds": float(train_time),
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()},
+        "version": REGRESSOR_VERSION,
+    }
+    if log is not None:
+        log(f"expression regressor: held-out MAE {info['test_mae']:.4f} (predicting the mean: "
+            f"{info['baseline_mae']:.4f}); {info['train_seconds']:.0f} s in all")
+    return Regressor(s, jax.device_get(params), info)
+
+
+def cache_path(data_dir: str | os.PathLike, settings: RegressorSettings) -> Path:
+    return Path(data_dir).expanduser() / "eval_cache" / f"{settings.key}.npz"
+
+
+def save_regressor(reg: Regressor, path: str | os.PathLike) -> None:
+    """Writes atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    arrays = {f"param/{k}": np.asarray(v) for k, v in reg.params.items()}
+    with open(tmp, "wb") as f:
+        np.savez(f, info=np.asarray(json.dumps(reg.info)), **arrays)
+    os.replace(tmp, path)
+
+
+def load_regressor(path: str | os.PathLike, settings: RegressorSettings) -> Regressor:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            info = json.loads(str(f["info"]))
+            params = {k[len("param/"):]: jnp.asarray(f[k]) for k in f.files if k.startswith("param/")}
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"expression regressor cache {path} is unreadable ({e}); delete it to retrain") from e
+    return Regressor(settings, params, info)
+
+
+def ensure_regressor(data_dir: str | os.PathLike, settings: RegressorSettings | None = None, backend: str = "auto",
+                     group: int | None = None, log: Callable[[str], None] | None = None) -> Regressor:
+    """The cached regressor of ``settings`` under ``data_dir``, trained (and cached) first if missing."""
+    settings = settings or RegressorSettings()
+    path = cache_path(data_dir, settings)
+    if path.is_file():
+        reg = load_regressor(path, settings)
+        reg.info = {**reg.info, "path": str(path), "cached": True}
+        return reg
+    if log is not None:
+        log(f"expression regressor: training ({settings.key}), cached at {path}")
+    reg = train_regressor(settings, backend, group, log)
+    save_regressor(reg, path)
+    reg.info = {**reg.info, "path": str(path), "cached": False}
+    return reg
+
+
+def settings_for(cfg, **overrides) -> RegressorSettings:
+    """Default settings with the camera model of ``cfg.render`` and any field overridden."""
+    base = dict(fov_degrees=float(cfg.render.fov_degrees), camera_radius=float(cfg.render.camera_radius))
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if "widths" in base:
+        base["widths"] = tuple(int(w) for w in base["widths"])
+    return dataclasses.replace(RegressorSettings(), **base)

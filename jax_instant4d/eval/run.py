@@ -1,0 +1,411 @@
+"""The evaluation run behind ``instant4d eval``: self- and cross-reenactment on a teacher-clip split.
+
+Protocol (every frame of the first ``max_clips`` clips of the split, in dataset order):
+
+* **self-reenactment**: clip c's source is encoded once and driven by c's own driving frames; the
+  frame of time t is rendered at each of c's teacher cameras (t, v) and compared with the teacher
+  view (t, v). On ``synthetic_heads`` the driving frames show another identity B performing e_t and
+  the teacher views show the source identity A performing e_t, so this is the training task on
+  held-out identities.
+* **cross-reenactment**: clip c's source is driven by the driving frames of the next clip d (in
+  order, cyclically) whose source identity differs, rendered at c's teacher cameras for the first
+  ``min(T_c, T_d)`` time steps. The reference on ``synthetic_heads`` is the ground truth rendered
+  directly: c's identity performing d's expressions at c's cameras (:mod:`.groundtruth`). Real teacher
+  clips have no such reference: only reference-free metrics (identity, consistency) are reported there.
+
+Metrics per frame, averaged over frames: PSNR and SSIM (:mod:`.metrics`) against the reference;
+LPIPS-VGG against the reference and identity similarity to the source portrait when their weights
+files are given (``--lpips-weights`` / ``--identity-weights``, or ``train.loss.*_weights`` of the run's
+config), absent (``null``) otherwise; on ``synthetic_heads`` the expression error of ours and of the
+reference (the teacher's frames for self, the ground truth for cross) against the ground-truth
+expression (:mod:`.expression`); the multi-view consistency of ours (:mod:`.consistency`), pairing each
+rendered camera with the same camera orbited ``consistency_degrees`` towards the front. Then the
+animation frame rate (batch 1, ``animate`` only, jitted, after warm-up, at ``model.image_size``) and
+the encoding time of one source image, on this machine's default JAX device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_instant4d import render
+from jax_instant4d.eval import consistency as cons
+from jax_instant4d.eval import expression as expr_lib
+from jax_instant4d.eval import groundtruth, metrics
+
+METRIC_KEYS = ("psnr", "ssim", "lpips", "identity", "expression_error", "expression_error_teacher", "consistency")
+CONSISTENCY_DEGREES = 15.0
+
+
+@dataclasses.dataclass
+class Clip:
+    """One clip decoded at the evaluation resolution R (images float32 in [0, 1])."""
+
+    clip_id: str
+    identity: int
+    source: np.ndarray  # [R, R, 3]
+    driving: np.ndarray  # [T, R, R, 3]
+    targets: np.ndarray  # [T * V, R, R, 3]
+    target_w2c: np.ndarray  # [T * V, 4, 4]
+    target_intrinsics: np.ndarray  # [T * V, 4], pixels at R
+    num_times: int
+    num_views: int
+    expression: np.ndarray | None  # [T, E] ground truth (synthetic only)
+    identity_params: np.ndarray | None  # [P] (synthetic only)
+
+
+def _decode(data: bytes, size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            big = im.size[0] > size
+            im = im.resize((size, size), Image.Resampling.BOX if big else Image.Resampling.BILINEAR)
+        return np.asarray(im, np.float32) / 255.0
+
+
+def read_clips(path: str | Path, split: str, resolution: int, max_clips: int | None = None) -> list[Clip]:
+    """The first ``max_clips`` clips of a split of a prepared teacher-clip dataset."""
+    from jax_instant4d.data.pipeline import open_source
+
+    source = open_source(path, split)
+    n = len(source)
+    if n == 0:
+        raise ValueError(f"dataset {path}: split {split!r} has no clips")
+    n = n if max_clips is None else min(n, int(max_clips))
+    clips = []
+    for i in range(n):
+        rec = source[i]
+        t, v = int(rec["num_times"]), int(rec["num_views"])
+        scale = resolution / int(rec["resolution"])
+        synthetic = bool(rec["has_expression"]) and np.asarray(rec["identity_params"]).size > 0
+        clips.append(Clip(
+            clip_id=str(rec["clip_id"].decode() if isinstance(rec["clip_id"], bytes) else rec["clip_id"]),
+            identity=int(rec["identity_index"]),
+            source=_decode(rec["source_image"], resolution),
+            driving=np.stack([_decode(b, resolution) for b in rec["driving_images"]]),
+            targets=np.stack([_decode(b, resolution) for b in rec["target_images"]]),
+            target_w2c=np.asarray(rec["target_w2c"], np.float32),
+            target_intrinsics=np.asarray(rec["target_intrinsics"], np.float32) * scale,
+            num_times=t, num_views=v,
+            expression=np.asarray(rec["expression"], np.float32) if synthetic else None,
+            identity_params=np.asarray(rec["identity_params"], np.float32) if synthetic else None))
+    return clips
+
+
+def cross_partners(identities: list[int]) -> list[int | None]:
+    """For each clip, the next clip (cyclically) with another source identity (None if there is none)."""
+    n = len(identities)
+    out = []
+    for i in range(n):
+        out.append(next(((i + k) % n for k in range(1, n) if identities[(i + k) % n] != identities[i]), None))
+    return out
+
+
+class _Model:
+    """Jitted encode / motion / animate of a trained model (graph split once)."""
+
+    def __init__(self, model):
+        graphdef, state = nnx.split(model)
+        self.state = state
+        self.encode = jax.jit(lambda st, src: nnx.merge(graphdef, st).encode(src))
+        self.motion = jax.jit(lambda st, x: nnx.merge(graphdef, st).motion(x))
+
+        def animate(st, avatar, z, w2c, intr, size):
+            rgb, alpha, depth, _aux = nnx.merge(graphdef, st).animate(avatar, z, render.Camera(w2c, intr), size, size)
+            return rgb, alpha, depth
+
+        self.animate = jax.jit(animate, static_argnums=5)
+
+
+def _resize(x: np.ndarray, size: int) -> jax.Array:
+    from jax_instant4d.train.losses import resize_to
+
+    return resize_to(jnp.asarray(x, jnp.float32), int(size))
+
+
+@jax.jit
+def _image_metrics(pred, ref):
+    return metrics.psnr(pred, ref), metrics.ssim(pred, ref)
+
+
+@jax.jit
+def _lpips(params, pred, ref):
+    return metrics.lpips_distance(params, pred, ref)
+
+
+@jax.jit
+def _identity(params, pred, ref):
+    return metrics.identity_similarity(params, pred, ref)
+
+
+@jax.jit
+def _consistency(rgb_a, alpha_a, depth_a, rgb_b, alpha_b, depth_b, w2c_a, intr_a, w2c_b, intr_b):
+    return cons.consistency(rgb_a, alpha_a, depth_a, rgb_b, alpha_b, depth_b, render.Camera(w2c_a, intr_a),
+                            render.Camera(w2c_b, intr_b))
+
+
+class _Accumulator:
+    def __init__(self):
+        self.values: dict[str, list[np.ndarray]] = {}
+        self.frames = 0
+        self.cons_total = 0.0
+        self.cons_count = 0.0
+        self.coverage: list[np.ndarray] = []
+
+    def add(self, name: str, per_frame) -> None:
+        self.values.setdefault(name, []).append(np.asarray(per_frame, np.float64).reshape(-1))
+
+    def mean(self, name: str) -> float | None:
+        if name not in self.values:
+            return None
+        v = np.concatenate(self.values[name])
+        return _finite(float(np.mean(v))) if v.size else None
+
+    def summary(self) -> dict:
+        out = {k: self.mean(k) for k in ("psnr", "ssim", "lpips", "identity", "expression_error",
+                                          "expression_error_teacher")}
+        out["consistency"] = (_finite(cons.score(np.asarray([self.cons_total]), np.asarray([self.cons_count])))
+                              if self.coverage else None)
+        out["consistency_coverage"] = (_finite(float(np.mean(np.concatenate(self.coverage)))) if self.coverage
+                                       else None)
+        out["num_frames"] = int(self.frames)
+        return out
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _load_net(path: str, kind: str, depth: int = 50):
+    from jax_instant4d.train import losses
+
+    if not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"{kind} weights file not found: {path}")
+    return losses.load_weights(Path(path).expanduser(), kind, depth=depth)
+
+
+def _timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Seconds per call (each call waited for: frame-by-frame latency), after ``warmup`` calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(fn())
+    return (time.perf_counter() - t0) / max(repeats, 1)
+
+
+def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None = None,
+             out: str | Path | None = None, markdown: str | Path | None = None, max_clips: int | None = None,
+             lpips_weights: str | None = None, identity_weights: str | None = None,
+             overrides: list[str] | None = None, expression: bool = True,
+             regressor: expr_lib.RegressorSettings | None = None, consistency: bool = True,
+             consistency_degrees: float = CONSISTENCY_DEGREES, timing_repeats: int = 20, write: bool = True,
+             log: Callable[[str], None] | None = print) -> dict:
+    """Evaluates a checkpoint on a split; returns the result dict (the JSON's content) and, with
+    ``write``, writes it to ``out`` (default ``<workdir>/eval_<split>.json``) and the markdown table to
+    ``markdown`` (default ``<workdir>/eval_<split>.md``). See the module docstring for the protocol.
+
+    ``overrides`` are config overrides (``"render.backend=xla"``) applied on top of the checkpoint's
+    saved config; ``regressor`` sets the expression regressor (default :class:`RegressorSettings`
+    with the config's camera model)."""
+    from jax_instant4d.data.pipeline import ensure_dataset, resolve_split
+    from jax_instant4d.eval import paper
+    from jax_instant4d.inference import load_trained
+
+    say = log or (lambda _m: None)
+    data_split = resolve_split(split)  # ValueError naming the split
+    if max_clips is not None and int(max_clips) < 1:
+        raise ValueError(f"--max-clips must be >= 1, got {max_clips}")
+    for given, what in ((lpips_weights, "lpips"), (identity_weights, "identity")):
+        if given and not Path(given).expanduser().is_file():  # before the (slow) model load
+            raise FileNotFoundError(f"{what} weights file not found: {given}")
+    trained = load_trained(checkpoint, step, overrides=list(overrides or []))
+    cfg, model = trained.cfg, trained.model
+    workdir = trained.checkpoints.parent
+    notes: list[str] = []
+
+    lpips_path = lpips_weights or str(cfg.train.loss.lpips_weights or "")
+    id_path = identity_weights or str(cfg.train.loss.identity_weights or "")
+    lpips_params = _load_net(lpips_path, "lpips") if lpips_path else None
+    id_params = _load_net(id_path, "identity", int(cfg.train.loss.identity_depth)) if id_path else None
+    if lpips_params is None:
+        notes.append("lpips: absent, no LPIPS-VGG weights file given (--lpips-weights or train.loss.lpips_weights)")
+    else:
+        notes.append(f"lpips: LPIPS-VGG with weights {lpips_path}")
+    if id_params is None:
+        notes.append("identity: absent, no face-recognition weights file given (--identity-weights or "
+                     "train.loss.identity_weights)")
+    else:
+        notes.append(f"identity: cosine similarity of IResNet-{cfg.train.loss.identity_depth} embeddings "
+                     f"({id_path}) of each output and the source portrait")
+
+    path = ensure_dataset(cfg, progress=False)
+    res = int(cfg.data.resolution)
+    clips = read_clips(path, data_split, res, max_clips)
+    say(f"eval: {len(clips)} clips of {cfg.data.dataset} {data_split} ({path}) at {res}x{res}, "
+        f"checkpoint step {trained.step}")
+    synthetic = all(c.expression is not None for c in clips)
+    backend = str(cfg.render.backend)
+    group = min(16, int(cfg.data.num_identities)) if cfg.data.dataset == "synthetic_heads" else None
+
+    reg = None
+    if expression and synthetic:
+        settings = regressor or expr_lib.settings_for(cfg)
+        reg = expr_lib.ensure_regressor(cfg.data.data_dir, settings, backend=backend, group=group, log=say)
+        notes.append(f"expression_error: mean |regressor(frame) - ground-truth expression| over the 14 parameters; "
+                     f"the regressor's own error on held-out ground-truth renders is {reg.info['test_mae']:.4f} "
+                     f"(predicting the mean: {reg.info['baseline_mae']:.4f}), the metric's floor")
+    elif not expression:
+        notes.append("expression_error: not computed (switched off)")
+    else:
+        notes.append("expression_error: absent, the dataset has no ground-truth expressions (synthetic_heads only)")
+    if consistency:
+        notes.append(f"consistency: mean |surface colour difference| between each rendered view and the view "
+                     f"orbited {consistency_degrees:g} deg towards the front, through our own expected depth "
+                     f"(co-visible pixels with alpha > {cons.ALPHA_MIN}, both directions; 0 = consistent); a "
+                     f"stand-in for MEt3R, not comparable to it")
+    else:
+        notes.append("consistency: not computed (switched off)")
+    if synthetic:
+        notes.append("cross reference: ground truth rendered from the source identity's parameters performing the "
+                     "driving clip's expressions at the source clip's teacher cameras")
+    else:
+        notes.append("cross: no reference frames for real teacher clips (psnr, ssim, lpips, expression absent)")
+
+    runner = _Model(model)
+    size = int(cfg.model.image_size)
+    acc = {"self": _Accumulator(), "cross": _Accumulator()}
+    partners = cross_partners([c.identity for c in clips])
+    if all(p is None for p in partners):
+        notes.append("cross: skipped, the evaluated clips share one source identity")
+    motions = {}
+
+    def motion_of(k: int):
+        if k not in motions:
+            motions[k] = runner.motion(runner.state, _resize(clips[k].driving, size))
+        return motions[k]
+
+    canon = None
+    if synthetic and any(p is not None for p in partners):
+        uniq, inverse = np.unique(np.stack([c.identity_params for c in clips]), axis=0, return_inverse=True)
+        canon, canon_of_clip = groundtruth.canonicals(uniq, group), inverse.reshape(-1)
+    t_start = time.perf_counter()
+    for ci, clip in enumerate(clips):
+        avatar = runner.encode(runner.state, _resize(clip.source[None], size))
+        src = jnp.asarray(clip.source[None])
+        modes = [("self", ci)] + ([("cross", partners[ci])] if partners[ci] is not None else [])
+        for mode, di in modes:
+            drv = clips[di]
+            tc = min(clip.num_times, drv.num_times)
+            idx = np.arange(tc * clip.num_views)
+            times = idx // clip.num_views
+            z = jax.tree.map(lambda x, times=times: x[times][None], motion_of(di))  # [1, K, ...]
+            w2c, intr = clip.target_w2c[idx], clip.target_intrinsics[idx]
+            rgb, alpha, depth = runner.animate(runner.state, avatar, z, jnp.asarray(w2c)[None], jnp.asarray(intr)[None],
+                                               res)
+            rgb, alpha, depth = jnp.clip(rgb[0], 0.0, 1.0), alpha[0], depth[0]
+            a = acc[mode]
+            a.frames += len(idx)
+            if mode == "self":
+                ref = jnp.asarray(clip.targets[idx])
+            elif synthetic:
+                ref = jnp.asarray(groundtruth.render_frames(
+                    canon, np.full(len(idx), canon_of_clip[ci]), drv.expression[times], w2c, intr, res, backend
+                ).astype(np.float32) / 255.0)
+            else:
+                ref = None
+            if ref is not None:
+                p, s = _image_metrics(rgb, ref)
+                a.add("psnr", p)
+                a.add("ssim", s)
+                if lpips_params is not None:
+                    a.add("lpips", _lpips(lpips_params, rgb, ref))
+            if id_params is not None:
+                a.add("identity", _identity(id_params, rgb, jnp.broadcast_to(src, rgb.shape)))
+            if reg is not None and drv.expression is not None:
+                truth = drv.expression[times]
+                a.add("expression_error", expr_lib.expression_error(reg.predict(rgb), truth))
+                a.add("expression_error_teacher", expr_lib.expression_error(reg.predict(ref), truth))
+            if consistency:
+                cam_b = cons.orbit_about_up(render.Camera(jnp.asarray(w2c), jnp.asarray(intr)),
+                                            cons.partner_yaw(render.Camera(jnp.asarray(w2c), jnp.asarray(intr)),
+                                                             consistency_degrees))
+                rgb_b, alpha_b, depth_b = runner.animate(runner.state, avatar, z, cam_b.world_to_cam[None],
+                                                         cam_b.intrinsics[None], res)
+                total, count, cover = jax.device_get(_consistency(
+                    rgb, alpha, depth, jnp.clip(rgb_b[0], 0.0, 1.0), alpha_b[0], depth_b[0], jnp.asarray(w2c),
+                    jnp.asarray(intr), cam_b.world_to_cam, cam_b.intrinsics))
+                a.cons_total += float(np.sum(total))
+                a.cons_count += float(np.sum(count))
+                a.coverage.append(np.asarray(cover))
+        say(f"eval: clip {ci + 1}/{len(clips)} {clip.clip_id} ({time.perf_counter() - t_start:.0f} s)")
+
+    # Speed: batch 1, after warm-up, on the default device.
+    clip = clips[0]
+    src = _resize(clip.source[None], size)
+    avatar = runner.encode(runner.state, src)
+    z1 = jax.tree.map(lambda x: x[:1], runner.motion(runner.state, _resize(clip.driving[:1], size)))
+    w2c1 = jnp.asarray(clip.target_w2c[:1])
+    intr1 = jnp.asarray(render.scale_intrinsics(clip.target_intrinsics[:1], res, size))
+    anim_s = _timed(lambda: runner.animate(runner.state, avatar, z1, w2c1, intr1, size), max(1, timing_repeats))
+    enc_s = _timed(lambda: runner.encode(runner.state, src), max(1, min(timing_repeats, 10)))
+    dev = jax.devices()[0]
+    notes.append(f"timing: batch 1 at {size}x{size}, jitted, after warm-up, on {dev.platform} "
+                 f"({getattr(dev, 'device_kind', dev.platform)}); animate = fusion + decoder + splatting, "
+                 f"encode = encoder + instantiation + decoder + source motion")
+
+    result = {
+        "checkpoint": str(trained.checkpoints / str(trained.step)),
+        "step": int(trained.step),
+        "split": str(split),
+        "config_name": str(cfg.name),
+        "fusion": str(cfg.model.fusion),
+        "num_gaussians": int(model.num_gaussians),
+        "image_size": size,
+        "self": acc["self"].summary(),
+        "cross": acc["cross"].summary(),
+        "animate_fps": float(1.0 / anim_s) if anim_s > 0 else float("inf"),
+        "encode_ms": float(enc_s * 1e3),
+        "notes": notes,
+        "dataset": {"name": str(cfg.data.dataset), "path": str(path), "split": data_split, "clips": len(clips),
+                    "resolution": res},
+        "used_ema": bool(trained.used_ema),
+        "timing_device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+        "expression_regressor": None if reg is None else {k: v for k, v in reg.info.items()},
+        "consistency_degrees": float(consistency_degrees) if consistency else None,
+    }
+    if write:
+        out = Path(out) if out else workdir / f"eval_{split}.json"
+        md = Path(markdown) if markdown else out.with_suffix(".md")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(paper.markdown_report(result))
+        result_paths = {"json": str(out), "markdown": str(md)}
+        say(f"eval: wrote {result_paths['json']} and {result_paths['markdown']}")
+    return result
+
+
+def load_result(path: str | Path) -> dict:
+    """Reads an eval JSON (the sweep report's input); names the file when it is missing or broken."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"eval result not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"eval result {path} is not valid JSON: {e}") from e
+

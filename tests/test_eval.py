@@ -1,0 +1,334 @@
+"""instant4d eval: metrics against independent NumPy references, the consistency score on scenes with
+known answers, the expression regressor's cache and reported accuracy, ground-truth rendering against
+the stored teacher views, and the whole run on the real tiny checkpoint (``real_run``)."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_instant4d import render
+from jax_instant4d.eval import consistency as cons
+from jax_instant4d.eval import expression, groundtruth, metrics, paper
+from jax_instant4d.eval.run import cross_partners, read_clips
+
+# --------------------------------------------------------------------------------------------------
+# PSNR / SSIM
+# --------------------------------------------------------------------------------------------------
+
+
+def _np_ssim(x: np.ndarray, y: np.ndarray, pad: int = 0) -> float:
+    """Wang et al.'s SSIM written out per window position (float64): 11x11 Gaussian, sigma 1.5,
+    population statistics; ``pad`` zero pixels around the image (0: only windows inside)."""
+    r = np.arange(11) - 5.0
+    g = np.exp(-(r ** 2) / (2 * 1.5 ** 2))
+    win = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    vals = []
+    for ch in range(x.shape[-1]):
+        a = np.pad(x[..., ch].astype(np.float64), pad)
+        b = np.pad(y[..., ch].astype(np.float64), pad)
+        for i in range(a.shape[0] - 10):
+            for j in range(a.shape[1] - 10):
+                pa, pb = a[i:i + 11, j:j + 11], b[i:i + 11, j:j + 11]
+                ma, mb = (win * pa).sum(), (win * pb).sum()
+                va = (win * (pa - ma) ** 2).sum()
+                vb = (win * (pb - mb) ** 2).sum()
+                cab = (win * (pa - ma) * (pb - mb)).sum()
+                vals.append(((2 * ma * mb + c1) * (2 * cab + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_matches_independent_reference(rng):
+    x = rng.uniform(0, 1, (2, 20, 23, 3)).astype(np.float32)
+    x[1] = np.clip(np.cumsum(x[1], axis=0) / 10.0, 0, 1)  # a smooth image too
+    y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1).astype(np.float32)
+    got = np.asarray(metrics.ssim(jnp.asarray(x), jnp.asarray(y)))
+    want = [_np_ssim(x[b], y[b]) for b in range(2)]
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    got0 = np.asarray(metrics.ssim(jnp.asarray(x), jnp.asarray(y), padding="zeros"))
+    np.testing.assert_allclose(got0, [_np_ssim(x[b], y[b], pad=5) for b in range(2)], atol=2e-5)
+    assert metrics.ssim_map(jnp.asarray(x), jnp.asarray(y)).shape == (2, 10, 13, 3)
+
+
+def test_ssim_and_psnr_known_values(rng):
+    x = jnp.asarray(rng.uniform(0, 1, (1, 16, 16, 3)), jnp.float32)
+    np.testing.assert_allclose(metrics.ssim(x, x), [1.0], atol=1e-6)
+    y = jnp.clip(x + 0.2 * jnp.asarray(rng.normal(size=x.shape), jnp.float32), 0, 1)
+    np.testing.assert_allclose(metrics.ssim(x, y), metrics.ssim(y, x), atol=1e-6)  # symmetric
+    assert float(metrics.ssim(x, y)[0]) < 0.9
+    # constant images a and b: variances vanish, SSIM = (2ab + C1) / (a^2 + b^2 + C1)
+    a, b = 0.3, 0.5
+    ssim_ab = metrics.ssim(jnp.full((1, 12, 12, 1), a), jnp.full((1, 12, 12, 1), b))
+    np.testing.assert_allclose(ssim_ab, [(2 * a * b + 1e-4) / (a * a + b * b + 1e-4)], rtol=1e-5)
+    # PSNR: a uniform error of 0.1 is 20 dB; identical images hit the 100 dB cap
+    t = jnp.full((2, 8, 8, 3), 0.5)
+    np.testing.assert_allclose(metrics.psnr(t + 0.1, t), [20.0, 20.0], atol=1e-4)
+    np.testing.assert_allclose(metrics.psnr(t, t), [100.0, 100.0])
+    with pytest.raises(ValueError, match="at least"):
+        metrics.ssim(jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 8, 8, 3)))
+    np.testing.assert_allclose(metrics.gaussian_window().sum(), 1.0, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Multi-view consistency
+# --------------------------------------------------------------------------------------------------
+
+
+def _np_sphere_depth(w2c: np.ndarray, intr: np.ndarray, size: int, radius: float) -> np.ndarray:
+    """Camera-z depth of a sphere at the origin per pixel centre (inf where the ray misses): NumPy."""
+    rot, t = w2c[:3, :3].astype(np.float64), w2c[:3, 3].astype(np.float64)
+    centre = -rot.T @ t
+    fx, fy, cx, cy = intr
+    jj, ii = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5)
+    dirs_cam = np.stack([(jj - cx) / fx, (ii - cy) / fy, np.ones_like(jj)], -1)  # z = 1
+    dirs = dirs_cam @ rot  # rows: R^T d
+    b = dirs @ centre
+    a = np.sum(dirs * dirs, -1)
+    disc = b * b - a * (centre @ centre - radius ** 2)
+    s = (-b - np.sqrt(np.maximum(disc, 0))) / a  # the ray parameter is camera z since d_cam.z = 1
+    return np.where(disc > 0, s, np.inf)
+
+
+def test_unproject_project_against_analytic_sphere():
+    size, r = 32, 0.3
+    cam_a = render.orbit_camera(jnp.asarray([0.3]), jnp.asarray([0.1]), size=size)
+    cam_b = cons.orbit_about_up(cam_a, jnp.asarray([-20.0]))
+    # orbit_about_up is a rotation of the camera about world y: the centre moves by -20 deg in yaw
+    want_b = render.orbit_camera(jnp.asarray([0.3 - math.radians(20.0)]), jnp.asarray([0.1]), size=size)
+    np.testing.assert_allclose(cam_b.world_to_cam, want_b.world_to_cam, atol=1e-5)
+    np.testing.assert_allclose(cons.partner_yaw(cam_a, 15.0), [-15.0])
+    d = _np_sphere_depth(np.asarray(cam_a.world_to_cam[0]), np.asarray(cam_a.intrinsics[0]), size, r)
+    hit = np.isfinite(d)
+    assert 0.2 < hit.mean() < 0.9
+    pts = np.asarray(cons.unproject(jnp.asarray(np.where(hit, d, 3.0)[None], jnp.float32), cam_a))[0]
+    np.testing.assert_allclose(np.linalg.norm(pts[hit], axis=-1), r, atol=1e-4)  # back on the sphere
+    uv, z = cons.project(jnp.asarray(pts[None]), cam_a)
+    grid = np.asarray(cons.pixel_grid(size, size))
+    np.testing.assert_allclose(np.asarray(uv)[0][hit], grid[hit], atol=2e-3)
+    np.testing.assert_allclose(np.asarray(z)[0][hit], d[hit], rtol=1e-5)
+    # projection into B by hand: x_cam = R p + t, (fx x / z + cx, fy y / z + cy)
+    w2c_b, k = np.asarray(cam_b.world_to_cam[0], np.float64), np.asarray(cam_b.intrinsics[0], np.float64)
+    pc = pts[hit] @ w2c_b[:3, :3].T + w2c_b[:3, 3]
+    uv_b, _ = cons.project(jnp.asarray(pts[None]), cam_b)
+    np.testing.assert_allclose(np.asarray(uv_b)[0][hit][:, 0], k[0] * pc[:, 0] / pc[:, 2] + k[2], atol=2e-3)
+    np.testing.assert_allclose(np.asarray(uv_b)[0][hit][:, 1], k[1] * pc[:, 1] / pc[:, 2] + k[3], atol=2e-3)
+    # bilinear sampling at pixel centres returns the pixels; halfway between two it averages them
+    img = jnp.asarray(np.random.default_rng(0).uniform(size=(1, 4, 5, 2)), jnp.float32)
+    got, inside = cons.bilinear(img, cons.pixel_grid(4, 5)[None])
+    np.testing.assert_allclose(np.asarray(got)[0][:3, :4], np.asarray(img)[0][:3, :4], atol=1e-6)
+    assert bool(inside[0, 0, 0]) and not bool(inside[0, 3, 4])
+    mid, _ = cons.bilinear(img, jnp.asarray([[[[1.0, 0.5]]]]))
+    np.testing.assert_allclose(np.asarray(mid)[0, 0, 0], np.asarray(img)[0, 0, :2].mean(0), atol=1e-6)
+
+
+def _textured_ball(n: int = 6000, radius: float = 0.7):
+    """Opaque small Gaussians covering a sphere; colour a smooth function of position."""
+    i = np.arange(n) + 0.5
+    phi = np.arccos(1 - 2 * i / n)
+    theta = np.pi * (1 + 5 ** 0.5) * i
+    p = radius * np.stack([np.cos(theta) * np.sin(phi), np.cos(phi), np.sin(theta) * np.sin(phi)], -1)
+    col = 0.5 + 0.45 * np.stack([np.sin(4 * p[:, 0]), np.cos(5 * p[:, 1]), np.sin(3 * p[:, 2] + 1)], -1)
+    scales = np.full((n, 3), 0.022)
+    quats = np.tile([1.0, 0, 0, 0], (n, 1))
+    return [jnp.asarray(a, jnp.float32)[None] for a in (p, scales, quats, np.full(n, 0.99), col)]
+
+
+def _render(scene, cam, size):
+    m, s, q, o, c = scene
+    out = render.render(m, s, q, o, c, cam, size, size, 0.0, backend="cpu")
+    return out.rgb, out.alpha, out.depth
+
+
+def test_consistency_near_perfect_for_one_scene_and_worse_when_altered():
+    size = 48
+    scene = _textured_ball()
+    cam_a = render.orbit_camera(jnp.asarray([0.35]), jnp.asarray([0.1]), size=size)
+    cam_b = cons.orbit_about_up(cam_a, cons.partner_yaw(cam_a, 15.0))
+    a, b = _render(scene, cam_a, size), _render(scene, cam_b, size)
+    total, count, cover = cons.consistency(*a, *b, cam_a, cam_b)
+    good = cons.score(np.asarray(total), np.asarray(count))
+    assert float(cover[0]) > 0.6  # most foreground pixels are co-visible 15 degrees apart
+    assert good < 0.03, good
+    # view B shows a different texture: same geometry, colours disagree
+    m, s, q, o, c = scene
+    altered = _render((m, s, q, o, jnp.roll(c, 1500, axis=1)), cam_b, size)
+    t2, n2, _ = cons.consistency(*a, *altered, cam_a, cam_b)
+    bad = cons.score(np.asarray(t2), np.asarray(n2))
+    assert bad > 5 * good and bad > 0.05, (good, bad)
+    # view B's image shifted by 3 pixels (its camera says otherwise): worse too
+    shifted = tuple(jnp.roll(x, 3, axis=2) for x in b)
+    t3, n3, _ = cons.consistency(*a, *shifted, cam_a, cam_b)
+    assert cons.score(np.asarray(t3), np.asarray(n3)) > 2 * good
+    assert math.isnan(cons.score(np.zeros(1), np.zeros(1)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Ground truth, expression regressor (tiny), the run on the real tiny checkpoint
+# --------------------------------------------------------------------------------------------------
+
+
+def tiny_regressor(cfg) -> expression.RegressorSettings:
+    return expression.settings_for(cfg, identities=4, test_identities=4, train_images=64, test_images=32, steps=40,
+                                   batch_size=16, widths=(8, 16), hidden=32, learning_rate=3e-3)
+
+
+def test_cross_partners():
+    assert cross_partners([0, 0, 1, 2]) == [2, 2, 3, 0]
+    assert cross_partners([5, 5]) == [None, None]
+
+
+def test_groundtruth_reproduces_stored_teacher_views(real_run):
+    from jax_instant4d.data.pipeline import dataset_path
+
+    _workdir, cfg = real_run
+    clips = read_clips(dataset_path(cfg), "heldout", int(cfg.data.resolution))
+    assert len(clips) == 2 and clips[0].identity != clips[1].identity
+    c = clips[0]
+    times = np.arange(c.num_times * c.num_views) // c.num_views
+    got = groundtruth.render_params(np.repeat(c.identity_params[None], len(times), 0), c.expression[times],
+                                    c.target_w2c, c.target_intrinsics, int(cfg.data.resolution), cfg.render.backend,
+                                    group=min(16, int(cfg.data.num_identities)))
+    want = np.round(c.targets * 255).astype(np.int32)
+    assert np.abs(got.astype(np.int32) - want).max() <= 1
+
+
+def test_expression_regressor_trains_once_and_reports_its_accuracy(real_run):
+    _workdir, cfg = real_run
+    s = tiny_regressor(cfg)
+    group = min(16, int(cfg.data.num_identities))
+    reg = expression.ensure_regressor(cfg.data.data_dir, s, backend=cfg.render.backend, group=group, log=None)
+    path = expression.cache_path(cfg.data.data_dir, s)
+    assert path.is_file() and reg.info["cached"] is False and reg.info["path"] == str(path)
+    assert reg.info["final_loss"] < reg.info["first_loss"]
+    # the reported held-out accuracy is what the network does on the held-out renders
+    x, e = expression.make_images(s, "test", cfg.render.backend, group)
+    pred = reg.predict(x.astype(np.float32) / 255.0)
+    np.testing.assert_allclose(reg.info["test_mae"], np.abs(pred - e).mean(), rtol=1e-5)
+    assert np.all(pred >= expression._LO) and np.all(pred <= expression._HI)
+    # cached: loaded, not retrained, same predictions
+    again = expression.ensure_regressor(cfg.data.data_dir, s, backend=cfg.render.backend, group=group, log=None)
+    assert again.info["cached"] is True
+    np.testing.assert_allclose(again.predict(x[:4] / 255.0), pred[:4], atol=1e-6)
+    # another setting is another file; the error is a plain mean absolute error
+    assert expression.cache_path(cfg.data.data_dir, expression.settings_for(cfg, steps=41)) != path
+    np.testing.assert_allclose(expression.expression_error(np.ones((2, 14)), np.zeros((2, 14))), [1.0, 1.0])
+
+
+def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
+    from jax_instant4d.data.pipeline import dataset_path
+    from jax_instant4d.eval import evaluate
+    from jax_instant4d.inference import load_trained
+    from jax_instant4d.train import losses
+
+    workdir, cfg = real_run
+    lp = tmp_path / "lpips.npz"
+    losses.save_weights(losses.init_lpips(0), lp)
+    settings = tiny_regressor(cfg)
+    result = evaluate(workdir, "heldout", lpips_weights=str(lp), regressor=settings, timing_repeats=3, log=None)
+    on_disk = json.loads((workdir / "eval_heldout.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    for key in ("checkpoint", "step", "split", "config_name", "fusion", "num_gaussians", "image_size", "self",
+                "cross", "animate_fps", "encode_ms", "notes"):
+        assert key in result
+    assert result["step"] == 0 and result["split"] == "heldout" and result["num_gaussians"] == 1024
+    assert result["fusion"] == cfg.model.fusion and result["image_size"] == int(cfg.model.image_size)
+    assert result["animate_fps"] > 0 and result["encode_ms"] > 0
+    t, v = int(cfg.data.time_steps), int(cfg.data.views)
+    for task in ("self", "cross"):
+        m = result[task]
+        assert set(metrics_keys := ("psnr", "ssim", "lpips", "identity", "expression_error",
+                                    "expression_error_teacher", "consistency", "num_frames")) <= set(m), metrics_keys
+        assert m["num_frames"] == 2 * t * v
+        assert m["identity"] is None  # no face-recognition weights: absent, not faked
+        assert m["lpips"] is not None and m["lpips"] >= 0
+        assert 0 <= m["expression_error"] <= 2 and 0 <= m["expression_error_teacher"] <= 2
+        assert m["consistency"] is None or m["consistency"] >= 0
+    assert any("identity: absent" in n for n in result["notes"])
+
+    # Independent recomputation of the self-reenactment PSNR / SSIM / teacher expression error: the model
+    # run eagerly here, one target at a time, metrics in NumPy.
+    trained = load_trained(workdir)
+    model, size, res = trained.model, int(cfg.model.image_size), int(cfg.data.resolution)
+    clips = read_clips(dataset_path(cfg), "test", res)
+    reg = expression.ensure_regressor(cfg.data.data_dir, settings, log=None)
+    psnrs, ssims, teacher_err, ours_frames = [], [], [], []
+    for c in clips:
+        avatar = model.encode(losses.resize_to(jnp.asarray(c.source[None]), size))
+        for k in range(c.num_times * c.num_views):
+            z = model.motion(losses.resize_to(jnp.asarray(c.driving[k // c.num_views][None]), size))
+            rgb, _a, _d, _aux = model.animate(avatar, z, render.Camera(jnp.asarray(c.target_w2c[k:k + 1]),
+                                                                       jnp.asarray(c.target_intrinsics[k:k + 1])),
+                                              res, res)
+            ours = np.clip(np.asarray(rgb[0], np.float64), 0, 1)
+            mse = np.mean((ours - c.targets[k]) ** 2)
+            psnrs.append(-10 * np.log10(mse))
+            ssims.append(_np_ssim(ours, c.targets[k]))
+            teacher_err.append(np.abs(reg.predict(c.targets[k][None]) - c.expression[k // c.num_views]).mean())
+            ours_frames.append(ours)
+    np.testing.assert_allclose(result["self"]["psnr"], np.mean(psnrs), atol=2e-3)
+    np.testing.assert_allclose(result["self"]["ssim"], np.mean(ssims), atol=1e-3)
+    np.testing.assert_allclose(result["self"]["expression_error_teacher"], np.mean(teacher_err), atol=1e-5)
+    lp_params = losses.load_weights(lp, "lpips")
+    want_lp = np.asarray(losses.lpips(lp_params, jnp.asarray(np.stack(ours_frames), jnp.float32),
+                                      jnp.asarray(np.concatenate([c.targets for c in clips]))))
+    np.testing.assert_allclose(result["self"]["lpips"], want_lp.mean(), rtol=1e-3, atol=1e-5)
+
+    md = (workdir / "eval_heldout.md").read_text()
+    assert "107.31" in md and "0.8294" in md and "**this run**" in md and "*comparable?*" in md
+    assert "arXiv:2512.16893" in md
+    row = next(line for line in md.splitlines() if line.startswith("| **this run**"))
+    assert row.count("—") >= 3  # ID (no weights), EMO and APD (not measured)
+
+
+def test_user_errors_name_what_is_wrong(real_run, tmp_path, capsys):
+    from jax_instant4d.cli import main
+    from jax_instant4d.eval.run import evaluate
+
+    workdir, _cfg = real_run
+    with pytest.raises(ValueError, match="'validation2'"):
+        evaluate(workdir, "validation2", write=False, log=None)
+    with pytest.raises(FileNotFoundError, match="no_such_run"):
+        evaluate(tmp_path / "no_such_run", "heldout", write=False, log=None)
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        evaluate(workdir, "heldout", lpips_weights=str(tmp_path / "missing.npz"), write=False, log=None)
+    assert main(["eval", "--checkpoint", str(tmp_path / "no_such_run")]) == 2
+    assert "no_such_run" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(workdir), "--split", "bogus"]) == 2
+    assert "'bogus'" in capsys.readouterr().err
+
+
+def test_markdown_report_marks_what_compares():
+    res = {"checkpoint": "x/0", "step": 0, "split": "heldout", "config_name": "small", "fusion": "local",
+           "num_gaussians": 4096, "image_size": 64, "animate_fps": 12.5, "encode_ms": 40.0, "notes": ["n1"],
+           "self": {"psnr": 20.0, "ssim": 0.8, "lpips": None, "identity": None, "expression_error": 0.1,
+                    "expression_error_teacher": 0.05, "consistency": 0.01, "num_frames": 8},
+           "cross": {"psnr": None, "ssim": None, "lpips": None, "identity": 0.5, "expression_error": None,
+                     "expression_error_teacher": None, "consistency": 0.02, "num_frames": 8}}
+    md = paper.markdown_report(res)
+    lines = md.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| Method |"))
+    rows = lines[head + 2: head + 2 + len(paper.TABLE1) + 2]
+    assert len(rows) == len(paper.TABLE1) + 2 and all(r.count("|") == len(paper.HEADERS) + 2 for r in rows)
+    assert rows[-2].startswith("| **this run** | 0.0100 | 0.8000 | — | 0.1000 | 0.0200 | 0.5000 | — | — | — | 12.50")
+    assert rows[-1].split("|")[2].strip() == "stand-in" and rows[-1].split("|")[3].strip() == "same metric"
+    assert "- n1" in md
+    ours_paper = dict((name, vals) for name, _k, vals in paper.TABLE1)["Ours (paper)"]
+    assert ours_paper[:4] == (0.025, 0.8294, 0.1864, 0.496) and ours_paper[-1] == "107.31"
+
+
+def test_eval_cli_is_registered():
+    from jax_instant4d.cli import _commands
+
+    help_text, add, run = _commands()["eval"]
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add(p)
+    args = p.parse_args(["--checkpoint", "w", "--split", "train", "--max-clips", "3", "--lpips-weights", "l.npz"])
+    assert (args.split, args.max_clips, args.lpips_weights, args.identity_weights) == ("train", 3, "l.npz", None)
+    assert "Table 1" in help_text and callable(run)
+    assert jax is not None
