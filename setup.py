@@ -119,6 +119,8 @@ class CMakeBuild(build_ext):
             shutil.copyfile(produced, target)
 
 
+FACE = ["dlib-bin>=20,<21", "face-recognition-models==0.3.0"]
+
 setup(
     name="jax_instant4d",
     version="0.1.0",
@@ -147,7 +149,10 @@ setup(
         "matplotlib>=3.8,<4",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6"],
+        # face detection + 68-point landmarks for `instant4d animate` (prebuilt dlib wheels; the model
+        # files ship in face-recognition-models, ~100 MB; nothing is downloaded at run time)
+        "face": FACE,
+        "test": ["pytest>=8", "ruff>=0.6", "scikit-image>=0.22", *FACE],
         "torch": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["instant4d=jax_instant4d.cli:main"]},

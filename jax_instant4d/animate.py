@@ -18,6 +18,7 @@ without a suffix). An output is written under a temporary name and renamed into 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,6 +27,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -93,6 +95,15 @@ def load_image(path: str | Path) -> UInt8[np.ndarray, "H W 3"]:
     return to_rgb(arr, str(path))
 
 
+@contextlib.contextmanager
+def _ffmpeg_spawn():
+    """imageio-ffmpeg starts ffmpeg with ``subprocess`` (fork + exec at once, which is safe); JAX warns about
+    any fork in a multithreaded process: silence that one warning here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        yield
+
+
 def _natural_key(p: Path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
 
@@ -142,7 +153,8 @@ class Frames:
         import imageio.v2 as iio2
 
         try:
-            return iio2.get_reader(self.path, "ffmpeg")
+            with _ffmpeg_spawn():
+                return iio2.get_reader(self.path, "ffmpeg")
         except Exception as e:  # noqa: BLE001
             raise MediaError(f"{self.path}: cannot read video ({e})") from e
 
@@ -272,7 +284,10 @@ class FrameWriter:
 
                 self._writer = iio2.get_writer(self.tmp, format="FFMPEG", mode="I", fps=self.fps, codec="libx264",
                                                quality=8, pixelformat="yuv420p", macro_block_size=2)
-            self._writer.append_data(frame)
+                with _ffmpeg_spawn():  # ffmpeg starts with the first frame
+                    self._writer.append_data(frame)
+            else:
+                self._writer.append_data(frame)
         self.count += 1
 
     def commit(self) -> Path:
@@ -458,7 +473,9 @@ def animate(trained, source: str | Path, out: str | Path, *, driving: str | Path
         raise AnimateError("give --driving, --orbit, or both")
     if orbit_frames is not None and orbit_frames < 1:
         raise AnimateError(f"--orbit-frames must be positive, got {orbit_frames}")
-    output_kind(out)  # fail on a bad --out before any work
+    if output_kind(out) == "video" and size % 2:  # fail on a bad --out before any work
+        raise MediaError(f"--out {out}: H.264 needs even frame sizes, got --size {size} (use an even --size, or a "
+                         ".gif / folder output)")
     if not Path(source).is_file():
         raise FileNotFoundError(f"--source {source}: no such file")
     frames = Frames(driving) if driving is not None else None
@@ -501,6 +518,9 @@ def animate(trained, source: str | Path, out: str | Path, *, driving: str | Path
         camera_at = lambda i: frontal  # noqa: E731
 
     runner = runner or AvatarRunner(trained.model, size)
+    if runner.size != size:
+        raise ValueError(f"the runner renders at {runner.size}^2, not at --size {size}")
+    before = {k: (len(v), runner.compile_s[k]) for k, v in runner.run_s.items()}  # (a runner may be reused)
     avatar = runner.encode(src[None])
     log(f"encoded {source} ({runner.run_s['encode'][-1] * 1e3:.1f} ms)")
 
@@ -532,17 +552,17 @@ def animate(trained, source: str | Path, out: str | Path, *, driving: str | Path
             raise MediaError(f"{driving}: no frames")
         written = writer.count
         writer.commit()
-    loop_times = np.diff([t0, *stamps])
-    loop_fps = 1.0 / _steady(list(loop_times))
-    anim = _steady(runner.run_s["animate"])
+    runs = {k: v[before[k][0]:] for k, v in runner.run_s.items()}  # this call's runs and compilations
+    compiled = {k: runner.compile_s[k] if runner.compile_s[k] != before[k][1] else 0.0 for k in runner.compile_s}
+    loop_fps = 1.0 / _steady(list(np.diff([t0, *stamps])))
+    anim_s = _steady(runs["animate"])
     device = jax.devices()[0]
-    report = Report(out=str(out), frames=written, size=size, fps=fps, encode_ms=runner.run_s["encode"][-1] * 1e3,
-                    encode_compile_s=runner.compile_s["encode"], animate_fps=1.0 / anim, animate_ms=anim * 1e3,
-                    animate_compile_s=runner.compile_s["animate"], loop_fps=loop_fps,
-                    motion_ms=_steady(runner.run_s["motion"]) * 1e3 if runner.run_s["motion"] else None,
-                    align_s=align_s, aligned=align, orbit=orbit, side_by_side=side_by_side,
-                    device=f"{device.platform}:{device.device_kind}", encode_calls=len(runner.run_s["encode"]))
-    return report
+    return Report(out=str(out), frames=written, size=size, fps=fps, encode_ms=runs["encode"][-1] * 1e3,
+                  encode_compile_s=compiled["encode"], animate_fps=1.0 / anim_s, animate_ms=anim_s * 1e3,
+                  animate_compile_s=compiled["animate"], loop_fps=loop_fps,
+                  motion_ms=_steady(runs["motion"]) * 1e3 if runs["motion"] else None,
+                  align_s=align_s, aligned=align, orbit=orbit, side_by_side=side_by_side,
+                  device=f"{device.platform}:{device.device_kind}", encode_calls=len(runs["encode"]))
 
 
 # ----------------------------------------------------------------------------------------------------

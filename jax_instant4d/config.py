@@ -124,6 +124,9 @@ def _model_defaults() -> ConfigDict:
         "anchors": "frontal",
         "fusion": "local",  # local | global | deform | none
         "fusion_scale": 0.01,  # delta = fusion_scale * MLP(...)
+        # initial scale of the fusion MLP's last-layer weights (1 = the authors'). With Adam the speed at which
+        # delta can change grows with fusion_scale; fusion_scale * fusion_init sets its size at initialisation.
+        "fusion_init": 1.0,
         "global_heads": 4,  # global fusion: attention heads (feature_dim divisible by it)
     })
 

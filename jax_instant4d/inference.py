@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jax_instant4d.config import ConfigDict, ConfigError, _check_known, apply_overrides, base_config
@@ -62,6 +63,7 @@ def saved_config(folder: Path, step: int, overrides: list[str] | dict[str, str] 
     finally:
         ckpt.close()
     base = base_config()
+    raw = _upgrade(raw)
     cfg = ConfigDict(raw)
     _check_known(cfg, base, f"config saved in {folder / str(step)}")
     merged = base
@@ -69,6 +71,17 @@ def saved_config(folder: Path, step: int, overrides: list[str] | dict[str, str] 
     cfg = apply_overrides(merged, overrides or [])
     cfg.lock()
     return cfg
+
+
+def _upgrade(raw: dict) -> dict:
+    """Configs saved before a key existed get the value that reproduces how they were trained, not
+    today's default: ``model.anchors`` came with anchored positions, so a config without it used
+    absolute ones (``"none"``)."""
+    raw = dict(raw)
+    model = dict(raw.get("model", {}))
+    model.setdefault("anchors", "none")
+    raw["model"] = model
+    return raw
 
 
 def _tuples(cfg: ConfigDict, ref: ConfigDict) -> ConfigDict:
@@ -106,7 +119,8 @@ def load_trained(checkpoint: str | Path, step: int | None = None, *, overrides: 
         ckpt.close()
     use_ema = bool(ema and state.ema is not None)
     params = state.ema if use_ema else state.params
-    params, frozen, rest = jax.device_get((params, state.frozen, state.rest))
+    # plain (single-device) arrays: inference replicates nothing and the module may update its statistics
+    params, frozen, rest = jax.tree.map(lambda x: jnp.asarray(jax.device_get(x)), (params, state.frozen, state.rest))
     model = trainer.mdef.merge(params, frozen, rest, jax.random.key(0))
     model.eval()
     return Trained(cfg, model, step, folder, use_ema)

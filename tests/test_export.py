@@ -57,20 +57,9 @@ def _t(x):
 # Fixtures: the real tiny checkpoint, the model loaded from it, and its export
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def run(request, tmp_path_factory):
-    """``(workdir, cfg)`` of the shared ``real_run`` checkpoint; if that fixture cannot be built here (its
-    ``train.mesh=(1,1,1)`` does not fit the 4 test devices), the same checkpoint on a (-1,1,1) mesh."""
-    from real_checkpoint import tiny_real_config, write_checkpoint
-
-    from jax_instant4d.train.sharding import ShardingError, resolve_mesh_shape
-
-    root = tmp_path_factory.mktemp("export_run")
-    try:
-        resolve_mesh_shape(tiny_real_config(root / "run", root / "data").train.mesh, jax.device_count())
-    except ShardingError:  # build only the checkpoint (no dataset: export needs none)
-        cfg = tiny_real_config(root / "run", root / "data", ["train.mesh=(-1,1,1)"])
-        return write_checkpoint(cfg), cfg
-    return request.getfixturevalue("real_run")
+def run(real_run):
+    """``(workdir, cfg)`` of the shared real checkpoint (tests/conftest.py)."""
+    return real_run
 
 
 @pytest.fixture(scope="module")
@@ -215,10 +204,10 @@ def test_flax_torch_parity(exported, trained):
 
     mirror = tm.TorchInstant4D.from_file(exported)
     with torch.no_grad():
-        t_av = mirror.encode(torch.from_numpy(src))
-        t_z = mirror.motion(torch.from_numpy(drv))
+        t_av = mirror.encode(_t(src))
+        t_z = mirror.motion(_t(drv))
         rgb, alpha, depth, aux = mirror.animate(t_av, t_z, cam, SIZE, SIZE)
-        crop = tm.face_crop_torch(torch.from_numpy(drv), int(trained.cfg.model.motion.crop_size))
+        crop = tm.face_crop_torch(_t(drv), int(trained.cfg.model.motion.crop_size))
     from jax_instant4d.model.motion import face_crop
 
     assert _max_err("face crop", crop.numpy(), face_crop(drv, int(trained.cfg.model.motion.crop_size))) <= 1e-6
@@ -338,7 +327,16 @@ def test_export_ply_cli(run, trained, tmp_path, capsys):
         Image.fromarray(img.astype(np.uint8)).save(tmp_path / name)
     out = tmp_path / "avatar.ply"
     args = ["export", "ply", "--checkpoint", str(run[0]), "--source", str(tmp_path / "src.png"), "--out", str(out)]
-    assert main(args + ["--driving", str(tmp_path / "drv.png")]) == 0
+    calls = []
+
+    def loaded(*a, **kw):  # the model is already loaded (test_export_torch_file's CLI run loads one for real)
+        calls.append((a, kw))
+        return trained
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("jax_instant4d.inference.load_trained", loaded)
+        assert main(args + ["--driving", str(tmp_path / "drv.png"), "--config.render.near=0.02"]) == 0
+    assert calls == [((str(run[0]), None), {"overrides": ["--config.render.near=0.02"], "ema": True})]
     src, drv = ply.load_image(tmp_path / "src.png", SIZE), ply.load_image(tmp_path / "drv.png", SIZE)
     np.testing.assert_allclose(src[0], src_img[8:-8] / 255.0, atol=1e-6)
     _, _, g, _ = ply.animate_flax(trained.model, src, drv)

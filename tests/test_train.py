@@ -37,6 +37,13 @@ def test_pixel_losses_and_psnr(rng):
     manual = jnp.mean(jnp.abs(a - b)[:, :2, :2])
     np.testing.assert_allclose(L.masked_l1(a, b, mask), manual, rtol=1e-6)
     assert float(L.masked_l1(a, b, jnp.zeros((2, 8, 8)))) == 0.0
+    # region PSNR: only the masked pixels count; an empty mask is flagged (and gives 0)
+    region = jnp.zeros((2, 8, 8)).at[0, 2:4, 2:6].set(1.0)
+    noisy = a.at[0, 2:4, 2:6].add(0.1).at[0, 6:, 6:].add(0.3)  # the second change lies outside the mask
+    val, has = L.masked_psnr(noisy, a, region)
+    np.testing.assert_allclose(val[0], -10 * np.log10(np.mean((np.clip(noisy, 0, 1) - a)[0, 2:4, 2:6] ** 2)),
+                               rtol=1e-4)
+    assert bool(has[0]) and not bool(has[1]) and float(val[1]) == 0.0
     big = jnp.asarray(rng.uniform(size=(1, 8, 8, 3)), jnp.float32)
     np.testing.assert_allclose(L.resize_to(big, 4)[0, 0, 0], big[0, :2, :2].mean(axis=(0, 1)), rtol=1e-6)
 

@@ -249,7 +249,10 @@ class FaceDetector:
         self._dlib, self._hog, self._shape, self._cnn = _load_models()
 
     def _boxes(self, image: np.ndarray, upsample: int, cnn: bool) -> list[tuple[tuple[float, ...], float]]:
-        f = self.work_side / max(image.shape[:2])
+        side = max(image.shape[:2])
+        # HOG: always at work_side; the CNN (whose cost grows with the area) finds faces down to ~80 px
+        # without upsampling, so small images are enlarged only to half of work_side
+        f = (min(max(side, self.work_side // 2), self.work_side) if cnn else self.work_side) / side
         small = np.ascontiguousarray(_resize(image, f))
         if cnn:
             found = [(d.rect, float(d.confidence)) for d in self._cnn(small, 0)]
@@ -334,8 +337,9 @@ def smooth_transforms(transforms: list[Float[np.ndarray, "2 3"] | None], size: i
 
     Each transform is described by the crop's placement in the frame (log scale, angle, centre); runs of
     at most ``max_gap`` missing frames are interpolated linearly (held at the ends of the video), then
-    each parameter is filtered with a Gaussian of ``sigma`` frames (zero phase: no lag; truncated and
-    renormalised at the ends). ``sigma`` 0 keeps the per-frame values. A longer run of missing frames
+    each parameter is smoothed with a Gaussian of ``sigma`` frames (zero phase: no lag; a local linear fit
+    near the ends of the video, so a steady motion is followed there too). ``sigma`` 0 keeps the
+    per-frame values. A longer run of missing frames
     (or no face at all) raises :class:`FaceNotFound` with ``name`` and the run's first frame.
     """
     n = len(transforms)
@@ -361,13 +365,26 @@ def smooth_transforms(transforms: list[Float[np.ndarray, "2 3"] | None], size: i
     known[:, 1] = np.unwrap(known[:, 1])
     full = np.stack([np.interp(np.arange(n), idx, known[:, k]) for k in range(4)], 1)
     if sigma > 0 and n > 1:
-        radius = int(math.ceil(3 * sigma))
-        t = np.arange(-radius, radius + 1)
-        kernel = np.exp(-0.5 * (t / sigma) ** 2)
-        num = np.stack([np.convolve(full[:, k], kernel, mode="full")[radius:radius + n] for k in range(4)], 1)
-        den = np.convolve(np.ones(n), kernel, mode="full")[radius:radius + n][:, None]
-        full = num / den
+        full = _local_linear(full, sigma)
     return [_from_params(p, size) for p in full]
+
+
+def _local_linear(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-weighted local linear regression along axis 0 (window +-3 sigma). In the interior this is
+    plain Gaussian smoothing; near the ends it still follows a steady motion instead of lagging behind
+    it (as a truncated, renormalised kernel would)."""
+    n = len(x)
+    radius = int(math.ceil(3 * sigma))
+    out = np.empty_like(x)
+    for t in range(n):
+        k = np.arange(max(0, t - radius), min(n, t + radius + 1))
+        d = (k - t).astype(np.float64)
+        w = np.exp(-0.5 * (d / sigma) ** 2)
+        s0, s1, s2 = w.sum(), (w * d).sum(), (w * d * d).sum()
+        t0, t1 = w @ x[k], (w * d) @ x[k]
+        det = s0 * s2 - s1 * s1
+        out[t] = (s2 * t0 - s1 * t1) / det if det > 1e-9 * s0 * s0 else t0 / s0
+    return out
 
 
 def track_video(frames: Iterable[UInt8[np.ndarray, "H W 3"]], size: int, *, name: str = "video",

@@ -60,6 +60,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     except (CheckpointNotFound, FileNotFoundError, ValueError) as e:
         print(f"instant4d eval: error: {e}", file=sys.stderr)
         return 2
+    for note in result["notes"]:
+        if "absent" in note or "skipped" in note:
+            print(f"note: {note}", file=sys.stderr)
     s, c = result["self"], result["cross"]
     fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
     print(f"self : psnr {fmt(s['psnr'])} ssim {fmt(s['ssim'])} lpips {fmt(s['lpips'])} "

@@ -69,4 +69,5 @@ def render_params(identities: Float[np.ndarray, "N P"], expressions: Float[np.nd
     """One frame per row of parameters (identities traced once each, ``group`` per call)."""
     identities = np.asarray(identities, np.float32)
     uniq, which = np.unique(identities, axis=0, return_inverse=True)
-    return render_frames(canonicals(uniq, group), which.reshape(-1), expressions, world_to_cam, intrinsics, size, backend)
+    return render_frames(canonicals(uniq, group), which.reshape(-1), expressions, world_to_cam, intrinsics, size,
+                         backend)

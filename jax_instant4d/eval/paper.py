@@ -114,7 +114,7 @@ def markdown_report(result: dict) -> str:
                   "the ground truth (synthetic_heads) or none (real teacher clips).", ""]
     reg = result.get("expression_regressor")
     if reg:
-        lines += [f"Expression regressor: held-out MAE {_fmt(reg.get('test_mae'))} (predicting the mean: "
+        lines += [f"Expression regressor: held-out MAE {_fmt(reg.get('test_mae'))} (predicting the median: "
                   f"{_fmt(reg.get('baseline_mae'))}), trained in {_fmt(reg.get('train_seconds'), 0)} s; "
                   f"`{reg.get('path', '')}`.", ""]
     lines += ["## Notes", ""] + [f"- {n}" for n in result.get("notes", [])] + [""]

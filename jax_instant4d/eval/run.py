@@ -115,19 +115,44 @@ def cross_partners(identities: list[int]) -> list[int | None]:
 
 
 class _Model:
-    """Jitted encode / motion / animate of a trained model (graph split once)."""
+    """Jitted encode / motion / animate of a trained model (the graph split once)."""
 
     def __init__(self, model):
-        graphdef, state = nnx.split(model)
-        self.state = state
-        self.encode = jax.jit(lambda st, src: nnx.merge(graphdef, st).encode(src))
-        self.motion = jax.jit(lambda st, x: nnx.merge(graphdef, st).motion(x))
+        graphdef, self.state = nnx.split(model)
+        self._encode = jax.jit(lambda st, src: nnx.merge(graphdef, st).encode(src))
+        self._motion = jax.jit(lambda st, x: nnx.merge(graphdef, st).motion(x))
 
         def animate(st, avatar, z, w2c, intr, size):
             rgb, alpha, depth, _aux = nnx.merge(graphdef, st).animate(avatar, z, render.Camera(w2c, intr), size, size)
             return rgb, alpha, depth
 
-        self.animate = jax.jit(animate, static_argnums=5)
+        self._animate = jax.jit(animate, static_argnums=5)
+
+    def encode(self, source):
+        return self._encode(self.state, source)
+
+    def motion(self, frames):
+        return self._motion(self.state, frames)
+
+    def animate(self, avatar, z, w2c, intr, size: int):
+        return self._animate(self.state, avatar, z, w2c, intr, int(size))
+
+
+_LOADED: dict = {}  # the last checkpoint loaded (its compiled functions are reused by the next evaluation)
+
+
+def _load(checkpoint, step, overrides):
+    """(Trained, _Model) of a checkpoint, reused while the same step folder is evaluated again unchanged
+    (e.g. both splits of one run, or a sweep's repeated calls)."""
+    from jax_instant4d.inference import load_trained, resolve_checkpoint
+
+    folder, step = resolve_checkpoint(checkpoint, step)
+    key = (str(folder), int(step), tuple(overrides or ()), (folder / str(step)).stat().st_mtime_ns)
+    if key not in _LOADED:
+        _LOADED.clear()
+        trained = load_trained(folder / str(step), overrides=list(overrides or []))
+        _LOADED[key] = (trained, _Model(trained.model))
+    return _LOADED[key]
 
 
 def _resize(x: np.ndarray, size: int) -> jax.Array:
@@ -164,6 +189,7 @@ class _Accumulator:
         self.cons_total = 0.0
         self.cons_count = 0.0
         self.coverage: list[np.ndarray] = []
+        self.expr_abs: list[np.ndarray] = []  # [frames, E] |regressor(ours) - truth|
 
     def add(self, name: str, per_frame) -> None:
         self.values.setdefault(name, []).append(np.asarray(per_frame, np.float64).reshape(-1))
@@ -182,6 +208,11 @@ class _Accumulator:
         out["consistency_coverage"] = (_finite(float(np.mean(np.concatenate(self.coverage)))) if self.coverage
                                        else None)
         out["num_frames"] = int(self.frames)
+        if self.expr_abs:
+            from jax_instant4d.data.record import EXPRESSION_NAMES
+
+            per = np.concatenate(self.expr_abs).mean(0)
+            out["expression_error_per_parameter"] = {n: float(v) for n, v in zip(EXPRESSION_NAMES, per, strict=True)}
         return out
 
 
@@ -213,17 +244,19 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
              overrides: list[str] | None = None, expression: bool = True,
              regressor: expr_lib.RegressorSettings | None = None, consistency: bool = True,
              consistency_degrees: float = CONSISTENCY_DEGREES, timing_repeats: int = 20, write: bool = True,
-             log: Callable[[str], None] | None = print) -> dict:
+             frames_per_call: int = 8, log: Callable[[str], None] | None = print,
+             on_frames: Callable[[str, int, np.ndarray, np.ndarray | None], None] | None = None) -> dict:
     """Evaluates a checkpoint on a split; returns the result dict (the JSON's content) and, with
     ``write``, writes it to ``out`` (default ``<workdir>/eval_<split>.json``) and the markdown table to
     ``markdown`` (default ``<workdir>/eval_<split>.md``). See the module docstring for the protocol.
 
     ``overrides`` are config overrides (``"render.backend=xla"``) applied on top of the checkpoint's
     saved config; ``regressor`` sets the expression regressor (default :class:`RegressorSettings`
-    with the config's camera model)."""
+    with the config's camera model). ``on_frames(task, clip_index, ours, reference)`` (optional) sees
+    every batch of frames (``[K, R, R, 3]`` in [0, 1]; reference None where there is none); frames are
+    rendered ``frames_per_call`` at a time (memory: every target animates its own Gaussians)."""
     from jax_instant4d.data.pipeline import ensure_dataset, resolve_split
     from jax_instant4d.eval import paper
-    from jax_instant4d.inference import load_trained
 
     say = log or (lambda _m: None)
     data_split = resolve_split(split)  # ValueError naming the split
@@ -232,7 +265,7 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
     for given, what in ((lpips_weights, "lpips"), (identity_weights, "identity")):
         if given and not Path(given).expanduser().is_file():  # before the (slow) model load
             raise FileNotFoundError(f"{what} weights file not found: {given}")
-    trained = load_trained(checkpoint, step, overrides=list(overrides or []))
+    trained, runner = _load(checkpoint, step, overrides)
     cfg, model = trained.cfg, trained.model
     workdir = trained.checkpoints.parent
     notes: list[str] = []
@@ -267,7 +300,7 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
         reg = expr_lib.ensure_regressor(cfg.data.data_dir, settings, backend=backend, group=group, log=say)
         notes.append(f"expression_error: mean |regressor(frame) - ground-truth expression| over the 14 parameters; "
                      f"the regressor's own error on held-out ground-truth renders is {reg.info['test_mae']:.4f} "
-                     f"(predicting the mean: {reg.info['baseline_mae']:.4f}), the metric's floor")
+                     f"(predicting the median: {reg.info['baseline_mae']:.4f}), the metric's floor")
     elif not expression:
         notes.append("expression_error: not computed (switched off)")
     else:
@@ -285,7 +318,6 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
     else:
         notes.append("cross: no reference frames for real teacher clips (psnr, ssim, lpips, expression absent)")
 
-    runner = _Model(model)
     size = int(cfg.model.image_size)
     acc = {"self": _Accumulator(), "cross": _Accumulator()}
     partners = cross_partners([c.identity for c in clips])
@@ -295,78 +327,91 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
 
     def motion_of(k: int):
         if k not in motions:
-            motions[k] = runner.motion(runner.state, _resize(clips[k].driving, size))
+            motions[k] = runner.motion(_resize(clips[k].driving, size))
         return motions[k]
 
     canon = None
     if synthetic and any(p is not None for p in partners):
         uniq, inverse = np.unique(np.stack([c.identity_params for c in clips]), axis=0, return_inverse=True)
         canon, canon_of_clip = groundtruth.canonicals(uniq, group), inverse.reshape(-1)
+    def frame_batch(a: _Accumulator, mode: str, ci: int, di: int, idx: np.ndarray, chunk: int, avatar) -> None:
+        """Renders targets ``idx`` of clip ``ci`` driven by clip ``di`` (padded to ``chunk`` frames: one
+        compiled shape) and adds their metrics to ``a``."""
+        clip, drv, n = clips[ci], clips[di], len(idx)
+        pad = np.concatenate([idx, np.repeat(idx[-1:], chunk - n)])
+        times = idx // clip.num_views
+        z = jax.tree.map(lambda x: x[pad // clip.num_views][None], motion_of(di))  # [1, K, ...]
+        w2c, intr = clip.target_w2c[idx], clip.target_intrinsics[idx]
+        rgb, alpha, depth = runner.animate(avatar, z, jnp.asarray(clip.target_w2c[pad])[None],
+                                           jnp.asarray(clip.target_intrinsics[pad])[None], res)
+        rgb, alpha, depth = jnp.clip(rgb[0, :n], 0.0, 1.0), alpha[0, :n], depth[0, :n]
+        a.frames += n
+        if mode == "self":
+            ref = jnp.asarray(clip.targets[idx])
+        elif synthetic:
+            ref = jnp.asarray(groundtruth.render_frames(
+                canon, np.full(n, canon_of_clip[ci]), drv.expression[times], w2c, intr, res, backend
+            ).astype(np.float32) / 255.0)
+        else:
+            ref = None
+        if on_frames is not None:
+            on_frames(mode, ci, np.asarray(rgb), None if ref is None else np.asarray(ref))
+        if ref is not None:
+            p, s = _image_metrics(rgb, ref)
+            a.add("psnr", p)
+            a.add("ssim", s)
+            if lpips_params is not None:
+                a.add("lpips", _lpips(lpips_params, rgb, ref))
+        if id_params is not None:
+            a.add("identity", _identity(id_params, rgb, jnp.broadcast_to(jnp.asarray(clip.source[None]), rgb.shape)))
+        if reg is not None and drv.expression is not None:
+            truth = drv.expression[times]
+            pred = reg.predict(rgb)
+            a.add("expression_error", expr_lib.expression_error(pred, truth))
+            a.expr_abs.append(np.abs(pred - truth))
+            a.add("expression_error_teacher", expr_lib.expression_error(reg.predict(ref), truth))
+        if consistency:
+            cam = render.Camera(jnp.asarray(clip.target_w2c[pad]), jnp.asarray(clip.target_intrinsics[pad]))
+            cam_b = cons.orbit_about_up(cam, cons.partner_yaw(cam, consistency_degrees))
+            rgb_b, alpha_b, depth_b = runner.animate(avatar, z, cam_b.world_to_cam[None], cam_b.intrinsics[None], res)
+            total, count, cover = jax.device_get(_consistency(
+                rgb, alpha, depth, jnp.clip(rgb_b[0, :n], 0.0, 1.0), alpha_b[0, :n], depth_b[0, :n],
+                jnp.asarray(w2c), jnp.asarray(intr), cam_b.world_to_cam[:n], cam_b.intrinsics[:n]))
+            a.cons_total += float(np.sum(total))
+            a.cons_count += float(np.sum(count))
+            a.coverage.append(np.asarray(cover))
+
     t_start = time.perf_counter()
     for ci, clip in enumerate(clips):
-        avatar = runner.encode(runner.state, _resize(clip.source[None], size))
-        src = jnp.asarray(clip.source[None])
+        avatar = runner.encode(_resize(clip.source[None], size))
         modes = [("self", ci)] + ([("cross", partners[ci])] if partners[ci] is not None else [])
         for mode, di in modes:
             drv = clips[di]
             tc = min(clip.num_times, drv.num_times)
-            idx = np.arange(tc * clip.num_views)
-            times = idx // clip.num_views
-            z = jax.tree.map(lambda x, times=times: x[times][None], motion_of(di))  # [1, K, ...]
-            w2c, intr = clip.target_w2c[idx], clip.target_intrinsics[idx]
-            rgb, alpha, depth = runner.animate(runner.state, avatar, z, jnp.asarray(w2c)[None], jnp.asarray(intr)[None],
-                                               res)
-            rgb, alpha, depth = jnp.clip(rgb[0], 0.0, 1.0), alpha[0], depth[0]
-            a = acc[mode]
-            a.frames += len(idx)
-            if mode == "self":
-                ref = jnp.asarray(clip.targets[idx])
-            elif synthetic:
-                ref = jnp.asarray(groundtruth.render_frames(
-                    canon, np.full(len(idx), canon_of_clip[ci]), drv.expression[times], w2c, intr, res, backend
-                ).astype(np.float32) / 255.0)
-            else:
-                ref = None
-            if ref is not None:
-                p, s = _image_metrics(rgb, ref)
-                a.add("psnr", p)
-                a.add("ssim", s)
-                if lpips_params is not None:
-                    a.add("lpips", _lpips(lpips_params, rgb, ref))
-            if id_params is not None:
-                a.add("identity", _identity(id_params, rgb, jnp.broadcast_to(src, rgb.shape)))
-            if reg is not None and drv.expression is not None:
-                truth = drv.expression[times]
-                a.add("expression_error", expr_lib.expression_error(reg.predict(rgb), truth))
-                a.add("expression_error_teacher", expr_lib.expression_error(reg.predict(ref), truth))
-            if consistency:
-                cam_b = cons.orbit_about_up(render.Camera(jnp.asarray(w2c), jnp.asarray(intr)),
-                                            cons.partner_yaw(render.Camera(jnp.asarray(w2c), jnp.asarray(intr)),
-                                                             consistency_degrees))
-                rgb_b, alpha_b, depth_b = runner.animate(runner.state, avatar, z, cam_b.world_to_cam[None],
-                                                         cam_b.intrinsics[None], res)
-                total, count, cover = jax.device_get(_consistency(
-                    rgb, alpha, depth, jnp.clip(rgb_b[0], 0.0, 1.0), alpha_b[0], depth_b[0], jnp.asarray(w2c),
-                    jnp.asarray(intr), cam_b.world_to_cam, cam_b.intrinsics))
-                a.cons_total += float(np.sum(total))
-                a.cons_count += float(np.sum(count))
-                a.coverage.append(np.asarray(cover))
+            total = tc * clip.num_views
+            chunk = max(1, min(int(frames_per_call), total))
+            for start in range(0, total, chunk):
+                frame_batch(acc[mode], mode, ci, di, np.arange(start, min(start + chunk, total)), chunk, avatar)
         say(f"eval: clip {ci + 1}/{len(clips)} {clip.clip_id} ({time.perf_counter() - t_start:.0f} s)")
 
     # Speed: batch 1, after warm-up, on the default device.
     clip = clips[0]
     src = _resize(clip.source[None], size)
-    avatar = runner.encode(runner.state, src)
-    z1 = jax.tree.map(lambda x: x[:1], runner.motion(runner.state, _resize(clip.driving[:1], size)))
+    avatar = runner.encode(src)
+    z1 = jax.tree.map(lambda x: x[:1], runner.motion(_resize(clip.driving[:1], size)))
     w2c1 = jnp.asarray(clip.target_w2c[:1])
     intr1 = jnp.asarray(render.scale_intrinsics(clip.target_intrinsics[:1], res, size))
-    anim_s = _timed(lambda: runner.animate(runner.state, avatar, z1, w2c1, intr1, size), max(1, timing_repeats))
-    enc_s = _timed(lambda: runner.encode(runner.state, src), max(1, min(timing_repeats, 10)))
+    anim_s = _timed(lambda: runner.animate(avatar, z1, w2c1, intr1, size), max(1, timing_repeats))
+    enc_s = _timed(lambda: runner.encode(src), max(1, min(timing_repeats, 10)))
     dev = jax.devices()[0]
     notes.append(f"timing: batch 1 at {size}x{size}, jitted, after warm-up, on {dev.platform} "
                  f"({getattr(dev, 'device_kind', dev.platform)}); animate = fusion + decoder + splatting, "
                  f"encode = encoder + instantiation + decoder + source motion")
 
+    for task in ("self", "cross"):
+        if consistency and acc[task].frames and acc[task].cons_count == 0:
+            notes.append(f"consistency ({task}): absent, no pixel has alpha > {cons.ALPHA_MIN} in both views "
+                         f"(translucent output, e.g. an untrained model)")
     result = {
         "checkpoint": str(trained.checkpoints / str(trained.step)),
         "step": int(trained.step),
@@ -377,7 +422,7 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
         "image_size": size,
         "self": acc["self"].summary(),
         "cross": acc["cross"].summary(),
-        "animate_fps": float(1.0 / anim_s) if anim_s > 0 else float("inf"),
+        "animate_fps": float(1.0 / max(anim_s, 1e-9)),
         "encode_ms": float(enc_s * 1e3),
         "notes": notes,
         "dataset": {"name": str(cfg.data.dataset), "path": str(path), "split": data_split, "clips": len(clips),

@@ -17,7 +17,7 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="export_command", required=True)
 
-    def checkpoint_args(p):
+    def checkpoint_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--checkpoint", required=True, help="work directory, checkpoints/ folder or step folder")
         p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
         p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw parameters, not the EMA")
@@ -49,8 +49,8 @@ def _errors() -> tuple[type[Exception], ...]:
     from jax_instant4d.export.torch_model import StateDictMismatch, UnreadableFile
     from jax_instant4d.train.checkpoint import CheckpointError
 
-    return (FileNotFoundError, FileExistsError, ImageError, PlyError, StateDictMismatch, UnreadableFile,
-            CheckpointError)
+    # OSError covers missing files, existing outputs and unwritable paths
+    return OSError, ImageError, PlyError, StateDictMismatch, UnreadableFile, CheckpointError
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:

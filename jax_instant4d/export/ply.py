@@ -24,10 +24,13 @@ same image with our rasterizer and holds only splats that can be seen.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Array, ArrayLike, Float
+
+if TYPE_CHECKING:
+    from jax_instant4d.model.avatar import Avatar, Gaussians, Instant4D, Motion
 
 C0 = 0.28209479177387814  # Y_0^0, the degree-0 spherical harmonic
 MIN_OPACITY = 1.0 / 255.0
@@ -70,8 +73,9 @@ def opacity_logit(densities: Float[np.ndarray, " N"]) -> Float[np.ndarray, " N"]
     return np.log(-np.expm1(-d)) + d
 
 
-def to_records(means, scales, quats, opacities, colors, densities=None, min_opacity: float = MIN_OPACITY
-               ) -> np.ndarray:
+def to_records(means: Float[ArrayLike, "N 3"], scales: Float[ArrayLike, "N 3"], quats: Float[ArrayLike, "N 4"],
+               opacities: Float[ArrayLike, " N"], colors: Float[ArrayLike, "N 3"],
+               densities: Float[ArrayLike, " N"] | None = None, min_opacity: float = MIN_OPACITY) -> np.ndarray:
     """One structured float32 record per visible Gaussian (the PLY vertex layout).
 
     ``densities`` (optional; Φ's density, opacity = 1 - exp(-density) where the opacity is not 0) gives
@@ -102,8 +106,9 @@ def to_records(means, scales, quats, opacities, colors, densities=None, min_opac
     return rec
 
 
-def write_ply(path: str | Path, means, scales, quats, opacities, colors, densities=None,
-              min_opacity: float = MIN_OPACITY) -> int:
+def write_ply(path: str | Path, means: Float[ArrayLike, "N 3"], scales: Float[ArrayLike, "N 3"],
+              quats: Float[ArrayLike, "N 4"], opacities: Float[ArrayLike, " N"], colors: Float[ArrayLike, "N 3"],
+              densities: Float[ArrayLike, " N"] | None = None, min_opacity: float = MIN_OPACITY) -> int:
     """Writes the Gaussians of one avatar (arrays ``[N, ...]``) as a 3DGS PLY file; returns the number
     written. The file appears complete or not at all (temp file + rename)."""
     from jax_instant4d.export.torch_model import _atomic_write
@@ -206,7 +211,9 @@ def _jitted() -> dict:
     return _JITTED
 
 
-def animate_flax(model, source: Float[np.ndarray, "B R R 3"], driving: Float[np.ndarray, "B R R 3"] | None = None):
+def animate_flax(model: Instant4D, source: Float[ArrayLike, "B R R 3"],
+                 driving: Float[ArrayLike, "B R R 3"] | None = None
+                 ) -> tuple[Avatar, Motion, Gaussians, Float[Array, "B N D"]]:
     """``(avatar, z_drv, animated Gaussians, fusion output)`` of an ``Instant4D`` for a source image and a
     driving frame (the source's own motion when ``driving`` is None); each stage jitted once per model."""
     fns = _jitted()
@@ -216,7 +223,9 @@ def animate_flax(model, source: Float[np.ndarray, "B R R 3"], driving: Float[np.
     return avatar, z_drv, gaussians, delta
 
 
-def export_avatar_ply(model, source, driving, path: str | Path, min_opacity: float = MIN_OPACITY) -> tuple[int, int]:
+def export_avatar_ply(model: Instant4D, source: Float[ArrayLike, "1 R R 3"],
+                      driving: Float[ArrayLike, "1 R R 3"] | None, path: str | Path,
+                      min_opacity: float = MIN_OPACITY) -> tuple[int, int]:
     """Writes the Gaussians of the avatar of ``source`` at the expression of ``driving`` (or the source's
     own) as a PLY file. Returns ``(written, total)`` Gaussian counts."""
     _, _, g, _ = animate_flax(model, source, driving)

@@ -29,9 +29,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from jaxtyping import Float
@@ -39,6 +39,9 @@ from ml_collections import ConfigDict
 
 from jax_instant4d.export import torch_encoder as te
 from jax_instant4d.export import torch_gaussian as tg
+
+if TYPE_CHECKING:
+    from jax_instant4d.model.avatar import Instant4D
 
 ENCODER_PREFIX = "backbone."
 MOTION_PREFIX = "model."  # X-NeMo's MotEncoder wrapper (the authors' M_state_dict)
@@ -63,7 +66,7 @@ class UnreadableFile(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
-def export_state_dict(model) -> dict[str, np.ndarray]:
+def export_state_dict(model: Instant4D) -> dict[str, np.ndarray]:
     """Every weight of an ``Instant4D`` named like the authors' PyTorch modules (float32, C order;
     ``num_batches_tracked`` int64): ``backbone.*``, ``decoder.*``, ``motion_decoder.*``, ``model.*``."""
     out = te.flax_to_torch_state_dict(model.encoder, prefix=ENCODER_PREFIX)
@@ -72,7 +75,7 @@ def export_state_dict(model) -> dict[str, np.ndarray]:
     return out
 
 
-def expected_shapes(model) -> dict[str, tuple[int, ...]]:
+def expected_shapes(model: Instant4D) -> dict[str, tuple[int, ...]]:
     """Names and shapes of :func:`export_state_dict` without reading values (``nnx.eval_shape`` models too)."""
     out = te.torch_shapes(model.encoder, prefix=ENCODER_PREFIX)
     out.update(tg.torch_shapes(model))
@@ -112,7 +115,7 @@ def check_state_dict(expected: Mapping[str, Any], state_dict: Mapping[str, Any],
                             + "; ".join(parts))
 
 
-def load_state_dict(model, state_dict: Mapping[str, Any], where: str = "state dict") -> None:
+def load_state_dict(model: Instant4D, state_dict: Mapping[str, Any], where: str = "state dict") -> None:
     """Writes a whole-model state dict (names of :func:`export_state_dict`) into ``model`` in place.
     Nothing is written unless every name and shape matches."""
     check_state_dict(expected_shapes(model), state_dict, where)
@@ -163,7 +166,7 @@ def config_from_metadata(metadata: Mapping[str, str] | None, where: str = "file"
     return base
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """``write(tmp_path)`` then rename onto ``path``: never a half-written file at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -188,7 +191,7 @@ def save_file(state_dict: Mapping[str, np.ndarray], path: str | Path, metadata: 
     return path
 
 
-def export_model(model, cfg: ConfigDict, path: str | Path) -> Path:
+def export_model(model: Instant4D, cfg: ConfigDict, path: str | Path) -> Path:
     """``model``'s weights and ``cfg``'s model/render sections -> one safetensors file."""
     return save_file(export_state_dict(model), path, config_metadata(cfg))
 
@@ -233,7 +236,7 @@ def read_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def import_checkpoint(path: str | Path, cfg: ConfigDict | None, workdir: str | Path, *, overwrite: bool = False,
-                      overrides: list[str] | None = None, log=print) -> Path:
+                      overrides: list[str] | None = None, log: Callable[[str], None] = print) -> Path:
     """Converts a whole-model PyTorch state dict file into checkpoint 0 of a work directory that
     ``--checkpoint WORKDIR`` (:func:`jax_instant4d.inference.load_trained`) loads.
 
@@ -247,8 +250,10 @@ def import_checkpoint(path: str | Path, cfg: ConfigDict | None, workdir: str | P
     import shutil
 
     import jax
+    from flax import nnx
 
     from jax_instant4d.config import apply_overrides
+    from jax_instant4d.model.avatar import Instant4D
     from jax_instant4d.train.checkpoint import Checkpointer
     from jax_instant4d.train.sharding import make_mesh
     from jax_instant4d.train.step import Trainer
@@ -262,10 +267,6 @@ def import_checkpoint(path: str | Path, cfg: ConfigDict | None, workdir: str | P
         cfg = apply_overrides(config_from_metadata(metadata, str(path)), list(overrides or []))
     cfg = apply_overrides(cfg, {"workdir": str(workdir)})
     cfg.lock()
-
-    from flax import nnx
-
-    from jax_instant4d.model.avatar import Instant4D
 
     abstract = nnx.eval_shape(lambda: Instant4D(cfg, rngs=nnx.Rngs(0)))
     check_state_dict(expected_shapes(abstract), state_dict, str(path))  # before the (slow) initialisation
@@ -371,7 +372,8 @@ if te.torch is not None:
         wx = torch.from_numpy(wx).to(image)
         return torch.einsum("bhwc,sh,tw->bstc", image, wy, wx)
 
-    def sample_pdf_torch(bins, weights, u, eps: float = 1e-5):
+    def sample_pdf_torch(bins: Float[torch.Tensor, "R K"], weights: Float[torch.Tensor, "R L"],
+                         u: Float[torch.Tensor, "R I"], eps: float = 1e-5) -> Float[torch.Tensor, "R I"]:
         """Inverse-CDF sampling (as :func:`jax_instant4d.model.instantiate.sample_pdf`)."""
         w = weights + eps
         pdf = w / w.sum(-1, keepdim=True)
@@ -391,8 +393,10 @@ if te.torch is not None:
         mx = torch.maximum(wp[:, :-1], wp[:, 1:])
         return 0.5 * (mx[:, :-1] + mx[:, 1:]) + 0.01
 
-    def instantiate_rays_torch(planes: Float[torch.Tensor, "B 3 C P P"], density_fn, rays_cfg, fov_degrees: float,
-                               radius: float, feature_dim: int, generator: torch.Generator | None = None
+    def instantiate_rays_torch(planes: Float[torch.Tensor, "B 3 C P P"],
+                               density_fn: Callable[[torch.Tensor], torch.Tensor], rays_cfg: ConfigDict,
+                               fov_degrees: float, radius: float, feature_dim: int,
+                               generator: torch.Generator | None = None
                                ) -> tuple[Float[torch.Tensor, "B N C"], Float[torch.Tensor, "B N 3"]]:
         """Rays-mode instantiation (as :func:`jax_instant4d.model.instantiate.instantiate_rays`): features
         and sample points."""
@@ -436,7 +440,7 @@ if te.torch is not None:
             w2c, intr = camera.world_to_cam, camera.intrinsics
         else:
             w2c, intr = camera
-        conv = lambda x: (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).to(like)  # noqa: E731
+        conv = lambda x: (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.array(x))).to(like)  # noqa: E731
         return conv(w2c), conv(intr)
 
     class TorchInstant4D(nn.Module):
@@ -540,21 +544,24 @@ if te.torch is not None:
                     g = self.decode(avatar.f + delta, avatar.anchors)
             return g._replace(opacities=torch.where(avatar.visible, g.opacities, torch.zeros_like(g.opacities))), delta
 
-        def render(self, g: TorchGaussians, camera, width: int, height: int, backend: str = "reference"
+        def render(self, g: TorchGaussians, camera: Any, width: int, height: int, backend: str = "reference"
                    ) -> torch_render.Rendered:
             w2c, intr = _camera_tensors(camera, g.means)
             return torch_render.render(g.means, g.scales, g.quats, g.opacities, g.colors, w2c, intr, int(width),
                                        int(height), self.background, near=self.near, antialiased=self.antialiased,
                                        backend=backend)
 
-        def animate(self, avatar: TorchAvatar, z_drv: TorchMotion, camera, width: int, height: int,
-                    backend: str = "reference"):
+        def animate(self, avatar: TorchAvatar, z_drv: TorchMotion, camera: Any, width: int, height: int,
+                    backend: str = "reference") -> tuple[Float[torch.Tensor, "B H W 3"], Float[torch.Tensor, "B H W"],
+                                                         Float[torch.Tensor, "B H W"], dict[str, Any]]:
             """Per frame: fusion + Φ + splatting -> ``(rgb [B, H, W, 3], alpha [B, H, W], depth [B, H, W],
             aux)``; ``camera``: ``(world_to_cam [B, 4, 4], intrinsics [B, 4])`` or a ``render.Camera``."""
             g, delta = self.animate_gaussians(avatar, z_drv)
             out = self.render(g, camera, width, height, backend)
             return out.rgb, out.alpha, out.depth, {"delta": delta, "gaussians": g}
 
-        def forward(self, source, driving, camera, width: int, height: int, backend: str = "reference"):
+        def forward(self, source: Float[torch.Tensor, "B R R 3"], driving: Float[torch.Tensor, "B R R 3"], camera: Any,
+                    width: int, height: int, backend: str = "reference") -> tuple:
+            """``encode`` + ``motion`` + ``animate`` in one call."""
             avatar = self.encode(source)
             return self.animate(avatar, self.motion(driving), camera, width, height, backend)

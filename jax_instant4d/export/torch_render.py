@@ -208,7 +208,7 @@ def rasterize(means2d: Float[Tensor, "N 2"], conics: Float[Tensor, "N 3"], depth
 def _as_tensor(x, device=None) -> Tensor:
     if isinstance(x, Tensor):
         return x.to(device) if device is not None else x
-    return torch.as_tensor(np.asarray(x, np.float32), device=device)
+    return torch.as_tensor(np.array(x, np.float32), device=device)
 
 
 def _background(background, n_ch: int, like: Tensor) -> Tensor:

@@ -116,7 +116,8 @@ class Instant4D(nnx.Module):
         self.decoder = GaussianDecoder(self.feature_dim, position_init=ANCHORED_POSITION_INIT
                                        if self.anchor_mode == "frontal" else 1.0, rngs=rngs)
         self.fusion = make_fusion(self.fusion_kind, self.feature_dim, int(mc.motion.code_dim), int(mc.motion.token_dim),
-                                  scale=float(mc.fusion_scale), heads=int(mc.global_heads), rngs=rngs)
+                                  scale=float(mc.fusion_scale), heads=int(mc.global_heads),
+                                  init=float(mc.fusion_init), rngs=rngs)
 
     # ------------------------------------------------------------------------------------------------
     def motion(self, frame: Float[Array, "B R R 3"]) -> Motion:

@@ -53,11 +53,15 @@ def layer_norm(x: Float[Array, "... C"], eps: float = LN_EPS) -> Float[Array, ".
     return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
-def _mlp(feature_dim: int, out_dim: int, rngs: nnx.Rngs) -> nnx.Sequential:
+def _mlp(feature_dim: int, out_dim: int, rngs: nnx.Rngs, init: float = 1.0) -> nnx.Sequential:
+    """48 -> 96 (softplus) -> out; ``init`` scales the last layer's initial weights (its bias starts at 0)."""
+    last = EqualizedLinear.fully_connected(2 * feature_dim, out_dim, rngs=rngs)
+    if init != 1.0:
+        last.kernel[...] = last.kernel[...] * float(init)
     return nnx.Sequential(
         EqualizedLinear.fully_connected(feature_dim, 2 * feature_dim, rngs=rngs),
         jax.nn.softplus,
-        EqualizedLinear.fully_connected(2 * feature_dim, out_dim, rngs=rngs),
+        last,
     )
 
 
@@ -82,10 +86,10 @@ class LocalFusion(nnx.Module):
 
     kind = "local"
 
-    def __init__(self, feature_dim: int, code_dim: int, *, scale: float = 0.01, rngs: nnx.Rngs):
+    def __init__(self, feature_dim: int, code_dim: int, *, scale: float = 0.01, init: float = 1.0, rngs: nnx.Rngs):
         self.scale = float(scale)
         self.transform = AdaLN(2 * code_dim, feature_dim, rngs=rngs)
-        self.net = _mlp(feature_dim, feature_dim, rngs)
+        self.net = _mlp(feature_dim, feature_dim, rngs, init)
 
     def __call__(self, m: Float[Array, "B N F"], z_src: Motion, z_drv: Motion) -> Float[Array, "B N F"]:
         cond = jnp.concatenate([z_src.code, z_drv.code], axis=-1)
@@ -97,10 +101,10 @@ class DeformFusion(nnx.Module):
 
     kind = "deform"
 
-    def __init__(self, feature_dim: int, code_dim: int, *, scale: float = 0.01, rngs: nnx.Rngs):
+    def __init__(self, feature_dim: int, code_dim: int, *, scale: float = 0.01, init: float = 1.0, rngs: nnx.Rngs):
         self.scale = float(scale)
         self.transform = AdaLN(2 * code_dim, feature_dim, rngs=rngs)
-        self.net = _mlp(feature_dim, DEFORM_OUTPUTS, rngs)
+        self.net = _mlp(feature_dim, DEFORM_OUTPUTS, rngs, init)
 
     def __call__(self, m: Float[Array, "B N F"], z_src: Motion, z_drv: Motion) -> Float[Array, "B N 10"]:
         cond = jnp.concatenate([z_src.code, z_drv.code], axis=-1)
@@ -126,7 +130,8 @@ class GlobalFusion(nnx.Module):
 
     kind = "global"
 
-    def __init__(self, feature_dim: int, token_dim: int, *, heads: int = 4, scale: float = 0.01, rngs: nnx.Rngs):
+    def __init__(self, feature_dim: int, token_dim: int, *, heads: int = 4, scale: float = 0.01, init: float = 1.0,
+                 rngs: nnx.Rngs):
         if feature_dim % heads:
             raise ValueError(f"model.global_heads={heads} must divide model.feature_dim={feature_dim}")
         self.scale = float(scale)
@@ -137,7 +142,7 @@ class GlobalFusion(nnx.Module):
         self.out = EqualizedLinear.fully_connected(feature_dim, feature_dim, rngs=rngs)
         embed = nnx.with_partitioning(jax.nn.initializers.normal(0.02), (None, None), eager_sharding=False)
         self.frame_embed = nnx.Param(embed(rngs.params(), (2, token_dim), jnp.float32))  # [source, driving]
-        self.net = _mlp(feature_dim, feature_dim, rngs)
+        self.net = _mlp(feature_dim, feature_dim, rngs, init)
 
     def __call__(self, m: Float[Array, "B N F"], z_src: Motion, z_drv: Motion) -> Float[Array, "B N F"]:
         b, n, f = m.shape
@@ -158,14 +163,15 @@ class GlobalFusion(nnx.Module):
 
 
 def make_fusion(kind: str, feature_dim: int, code_dim: int, token_dim: int, *, scale: float = 0.01,
-                heads: int = 4, rngs: nnx.Rngs) -> LocalFusion | GlobalFusion | DeformFusion | None:
-    """The fusion module selected by ``model.fusion`` (``None`` for ``none``)."""
+                heads: int = 4, init: float = 1.0, rngs: nnx.Rngs) -> LocalFusion | GlobalFusion | DeformFusion | None:
+    """The fusion module selected by ``model.fusion`` (``None`` for ``none``). ``init`` scales the initial
+    weights of the last layer (``model.fusion_init``)."""
     if kind == "local":
-        return LocalFusion(feature_dim, code_dim, scale=scale, rngs=rngs)
+        return LocalFusion(feature_dim, code_dim, scale=scale, init=init, rngs=rngs)
     if kind == "global":
-        return GlobalFusion(feature_dim, token_dim, heads=heads, scale=scale, rngs=rngs)
+        return GlobalFusion(feature_dim, token_dim, heads=heads, scale=scale, init=init, rngs=rngs)
     if kind == "deform":
-        return DeformFusion(feature_dim, code_dim, scale=scale, rngs=rngs)
+        return DeformFusion(feature_dim, code_dim, scale=scale, init=init, rngs=rngs)
     if kind == "none":
         return None
     raise ValueError(f"model.fusion must be one of {FUSIONS}, got {kind!r}")

@@ -65,11 +65,12 @@ def _check_batch(name: str, size: int, mesh, processes: int) -> None:
 
 
 def results_table(ev: dict[str, float]) -> str:
-    rows = [("source image shown unchanged", ev.get("psnr_source")),
-            ("ours, undriven (z_drv = z_src)", ev.get("psnr_static")),
-            ("ours", ev.get("psnr"))]
-    lines = ["| method | held-out PSNR (dB) |", "|---|---|"]
-    lines += [f"| {name} | {v:.2f} |" for name, v in rows if v is not None]
+    rows = [("source image shown unchanged", "source"), ("ours, undriven (z_drv = z_src)", "static"), ("ours", "")]
+    lines = ["| method | held-out PSNR (dB) | eyes + mouth PSNR (dB) |", "|---|---|---|"]
+    for name, suffix in rows:
+        full, region = (ev.get(k + (f"_{suffix}" if suffix else "")) for k in ("psnr", "region_psnr"))
+        if full is not None:
+            lines.append(f"| {name} | {full:.2f} | {'—' if region is None else f'{region:.2f}'} |")
     return "\n".join(lines)
 
 
@@ -134,7 +135,8 @@ def train(cfg: ConfigDict, *, model_factory: ModelFactory | None = None, data_fa
         if not images_only:
             writer.scalars(at, ev, prefix="eval")
             progress.write(f"step {at}: held-out PSNR {ev['psnr']:.2f} dB (undriven {ev['psnr_static']:.2f}, "
-                           f"source {ev['psnr_source']:.2f})")
+                           f"source {ev['psnr_source']:.2f}); eyes+mouth {ev['region_psnr']:.2f} dB (undriven "
+                           f"{ev['region_psnr_static']:.2f}, source {ev['region_psnr_source']:.2f})")
         return ev
 
     try:

@@ -60,6 +60,18 @@ def psnr(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"]) -> Floa
     return -10.0 * jnp.log10(mse + 1e-10)
 
 
+def masked_psnr(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"], mask: Float[Array, "B H W"]
+                ) -> tuple[Float[Array, " B"], Float[Array, " B"]]:
+    """Per-image PSNR over the pixels where ``mask`` > 0.5 (weights 0/1), and whether the mask has any
+    pixel (images without one have PSNR 0 and should be left out of averages)."""
+    m = (mask > 0.5).astype(pred.dtype)[..., None]
+    n = jnp.sum(m, axis=(1, 2, 3)) * pred.shape[-1]
+    se = jnp.sum(m * (jnp.clip(pred, 0.0, 1.0) - target) ** 2, axis=(1, 2, 3))
+    has = n > 0
+    value = -10.0 * jnp.log10(se / jnp.maximum(n, 1.0) + 1e-10)
+    return jnp.where(has, value, 0.0), has
+
+
 def generator_adversarial(fake_logits: Float[Array, " B"]) -> Float[Array, ""]:
     """Non-saturating generator loss."""
     return jnp.mean(jax.nn.softplus(-fake_logits))

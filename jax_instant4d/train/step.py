@@ -405,11 +405,18 @@ class Trainer:
         flat = lambda x: x.reshape(b * k, res, res, -1)
         tgt = flat(batch["target"])
         src = flat(jnp.broadcast_to(batch["source"][:, None], batch["target"].shape))
+        regions = jnp.clip(batch["target_eyes"] + batch["target_mouth"], 0.0, 1.0).reshape(b * k, res, res)
+        reg, has = L.masked_psnr(flat(rgb[:, :k]), tgt, regions)
+        reg_static, _ = L.masked_psnr(flat(rgb[:, k:]), tgt, regions)
+        reg_source, _ = L.masked_psnr(src, tgt, regions)
         sums = {"psnr": jnp.sum(L.psnr(flat(rgb[:, :k]), tgt)),
                 "psnr_static": jnp.sum(L.psnr(flat(rgb[:, k:]), tgt)),
                 "psnr_source": jnp.sum(L.psnr(src, tgt)),
                 "l1": jnp.sum(jnp.mean(jnp.abs(jnp.clip(flat(rgb[:, :k]), 0, 1) - tgt), axis=(1, 2, 3))),
-                "count": jnp.asarray(b * k, jnp.float32)}
+                "count": jnp.asarray(b * k, jnp.float32),
+                # eyes + mouth (where expressions show): averaged over the images that have such pixels
+                "region_psnr": jnp.sum(reg), "region_psnr_static": jnp.sum(reg_static),
+                "region_psnr_source": jnp.sum(reg_source), "region_count": jnp.sum(has.astype(jnp.float32))}
         n = min(num_images, b)
         images = {"source": batch["source"][:n], "driving": batch["driving"][:n, 0], "teacher": batch["target"][:n, 0],
                   "ours": jnp.clip(rgb[:n, 0], 0.0, 1.0), "static": jnp.clip(rgb[:n, k], 0.0, 1.0)}
@@ -434,4 +441,5 @@ class Trainer:
                 for k, v in sums.items():
                     totals[k] = totals.get(k, 0.0) + float(v)
         count = max(totals.pop("count", 0.0), 1.0)
-        return {k: v / count for k, v in totals.items()}, images
+        region_count = max(totals.pop("region_count", 0.0), 1.0)
+        return {k: v / (region_count if k.startswith("region_") else count) for k, v in totals.items()}, images
