@@ -236,16 +236,17 @@ def test_rays_instantiation_parity(trained):
 
     model = trained.model
     rays = ConfigDict(dict(trained.cfg.model.rays.to_dict(), resolution=4, depth_samples=6, importance_samples=5))
-    planes = 0.3 * jax.random.normal(jax.random.key(3), (1, 3, 8, 8, 96))
+    fd = int(trained.cfg.model.feature_dim)
+    planes = 0.3 * jax.random.normal(jax.random.key(3), (1, 3, 8, 8, 2 * fd))
     fov, radius = float(trained.cfg.render.fov_degrees), float(trained.cfg.render.camera_radius)
-    fn = nnx.jit(lambda m, p: instantiate_rays(p, lambda f: m.decoder(f).densities, rays, fov, radius, feature_dim=48))
+    fn = nnx.jit(lambda m, p: instantiate_rays(p, lambda f: m.decoder(f).densities, rays, fov, radius, feature_dim=fd))
     feats, points = fn(model, planes)
     mirror = tm.TorchInstant4D(trained.cfg)
     mirror.load_state_dict({k: _t(v) for k, v in tm.export_state_dict(model).items()}, strict=True)
     with torch.no_grad():
         t_feats, t_points = tm.instantiate_rays_torch(_t(jnp.moveaxis(planes, -1, 2)),
-                                                      lambda f: mirror.decode(f).densities, rays, fov, radius, 48)
-    assert feats.shape == (1, 16 * 11, 96) and float(jnp.std(feats)) > 1e-3
+                                                      lambda f: mirror.decode(f).densities, rays, fov, radius, fd)
+    assert feats.shape == (1, 16 * 11, 2 * fd) and float(jnp.std(feats)) > 1e-3
     assert _max_err("rays points", t_points.numpy(), points) <= 1e-5
     assert _max_err("rays features", t_feats.numpy(), feats) <= 1e-5
 

@@ -185,7 +185,7 @@ def encoder_run(small):
     model = filled(TriplaneEncoder, small.model)
     r = small.model.image_size
     x = np.random.default_rng(0).uniform(size=(2, r, r, 3)).astype(np.float32)
-    w = jax.random.normal(jax.random.key(1), (2, 3, r // 2, r // 2, 96))
+    w = jax.random.normal(jax.random.key(1), (2, 3, r // 2, r // 2, int(small.model.encoder.plane_channels)))
 
     def loss(m):
         out = m(jnp.asarray(x))
@@ -212,9 +212,9 @@ def motion_run(small):
     return model, x, np.asarray(code), np.asarray(tokens), grads
 
 
-def test_encoder_gradients_reach_every_parameter(encoder_run):
+def test_encoder_gradients_reach_every_parameter(encoder_run, small):
     _, _, out, grads = encoder_run
-    assert out.shape == (2, 3, 32, 32, 96) and np.all(np.isfinite(out))
+    assert out.shape == (2, 3, 32, 32, int(small.model.encoder.plane_channels)) and np.all(np.isfinite(out))
     _assert_all_grads_nonzero(grads)
 
 

@@ -132,20 +132,29 @@ def test_finite_differences(backend, rng):
     grads = jax.grad(loss, argnums=(0, 1, 2, 3, 4))(m, c, d, o, f)
     base = [m, c, d, o, f]
     eps = {0: 1e-2, 1: 1e-4, 2: 1e-2, 3: 1e-3, 4: 1e-2}
-    checked = 0
+    loss_j = jax.jit(loss)
+    checked = skipped = 0
     for k, g in enumerate(grads):
         flat = np.asarray(g).ravel()
-        for idx in np.argsort(-np.abs(flat))[:4]:  # the entries that matter most
+        for idx in np.argsort(-np.abs(flat))[:6]:  # the entries that matter most
             def at(delta, k=k, idx=idx):
                 args = list(base)
                 v = np.asarray(args[k]).copy().ravel()
                 v[idx] += delta
                 args[k] = jnp.asarray(v.reshape(np.shape(base[k])))
-                return float(loss(*args))
+                return float(loss_j(*args))
             fd = (at(eps[k]) - at(-eps[k])) / (2 * eps[k])
+            fd_half = (at(eps[k] / 2) - at(-eps[k] / 2)) / eps[k]
+            # The image is piecewise smooth: a pixel crossing the alpha >= 1/255 cut (or the transmittance
+            # stop) jumps by up to 1/255, which a step of 1e-2 px turns into an O(0.2) slope. Where the two
+            # step sizes disagree, the interval holds such a jump and the difference quotient measures it,
+            # not the derivative: that entry is not compared.
+            if abs(fd - fd_half) > 0.02 * abs(fd) + 0.02 * np.abs(flat).max() + 1e-3:
+                skipped += 1
+                continue
             assert abs(fd - flat[idx]) <= 0.05 * abs(fd) + 0.05 * np.abs(flat).max() + 1e-3, (k, idx, fd, flat[idx])
             checked += 1
-    assert checked == 20
+    assert checked >= 20 and skipped <= 10, (checked, skipped)
 
 
 def test_cpu_and_xla_agree(rng):
@@ -168,7 +177,7 @@ def test_jit_vmap_shard_map_equal_plain(backend, rng):
     spec = jax.sharding.PartitionSpec("data")
     sharded_fn = jax.jit(jax.shard_map(lambda *a: rasterize(*a, 24, 20, backend=backend), mesh=mesh,
                                        in_specs=(spec,) * 7, out_specs=spec))
-    sharded = sharded_fn(*batched)
+    sharded = sharded_fn(*(jax.device_put(x, jax.sharding.NamedSharding(mesh, spec)) for x in batched))
     assert len(sharded[0].sharding.device_set) == 4
     for other in (jitted, vmapped, sharded):
         _close(other, plain, atol=1e-6)
