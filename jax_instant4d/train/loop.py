@@ -131,7 +131,7 @@ def train(cfg: ConfigDict, *, model_factory: ModelFactory | None = None, data_fa
         batches = eval_batches[:1] if images_only else eval_batches
         ev, imgs = trainer.evaluate(state, batches)
         if lead and imgs is not None:
-            writer.image(at, "eval/source_driving_teacher_ours", M.image_grid(imgs))
+            writer.image(at, "eval/source_driving_teacher_ours_undriven", M.image_grid(imgs))
         if not images_only:
             writer.scalars(at, ev, prefix="eval")
             progress.write(f"step {at}: held-out PSNR {ev['psnr']:.2f} dB (undriven {ev['psnr_static']:.2f}, "
@@ -198,7 +198,7 @@ def train(cfg: ConfigDict, *, model_factory: ModelFactory | None = None, data_fa
             print(f"\nHeld-out evaluation at step {step}\n{table}", flush=True)
             (workdir / "results.md").write_text(f"Held-out evaluation at step {step}\n\n{table}\n")
             (workdir / "results.json").write_text(json.dumps({"step": step, **last_eval}, indent=2) + "\n")
-            M.save_png(M.image_grid(imgs), workdir / "grid.png")
+            M.save_png(M.image_grid(imgs, min_size=128, labels=True), workdir / "grid.png")
     writer.close()
     return RunResult(status, step, last_eval, workdir)
 

@@ -13,15 +13,23 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float, UInt8
 
-GRID_COLUMNS = ("source", "driving", "teacher", "ours")
+GRID_COLUMNS = ("source", "driving", "teacher", "ours", "static")
+GRID_LABELS = {"source": "source", "driving": "driving", "teacher": "teacher", "ours": "ours",
+               "static": "ours, undriven"}
 
 
 def image_grid(columns: Mapping[str, np.ndarray], order: Sequence[str] = GRID_COLUMNS,
-               pad: int = 2) -> UInt8[np.ndarray, "H W 3"]:
-    """Rows = examples, columns = ``order`` (each [N, H, W, 3] in [0, 1]); white separators."""
-    cols = [np.clip(np.asarray(columns[k], np.float32), 0.0, 1.0) for k in order if k in columns]
+               pad: int = 2, min_size: int = 0, labels: bool = False) -> UInt8[np.ndarray, "H W 3"]:
+    """Rows = examples, columns = ``order`` (each [N, H, W, 3] in [0, 1]); white separators. Cells are
+    enlarged by an integer factor (nearest neighbour) to at least ``min_size`` pixels; ``labels`` adds a
+    header row naming the columns."""
+    names = [k for k in order if k in columns]
+    cols = [np.clip(np.asarray(columns[k], np.float32), 0.0, 1.0) for k in names]
     n, h, w = cols[0].shape[:3]
-    grid = np.ones((n * (h + pad) + pad, len(cols) * (w + pad) + pad, 3), np.float32)
+    f = max(1, -(-int(min_size) // h)) if min_size else 1
+    h, w = h * f, w * f
+    head = 16 if labels else 0
+    grid = np.ones((head + n * (h + pad) + pad, len(cols) * (w + pad) + pad, 3), np.float32)
     for j, col in enumerate(cols):
         for i in range(n):
             img = col[i]
@@ -29,9 +37,19 @@ def image_grid(columns: Mapping[str, np.ndarray], order: Sequence[str] = GRID_CO
                 yy = np.arange(h) * img.shape[0] // h
                 xx = np.arange(w) * img.shape[1] // w
                 img = img[yy][:, xx]
-            y0, x0 = pad + i * (h + pad), pad + j * (w + pad)
+            y0, x0 = head + pad + i * (h + pad), pad + j * (w + pad)
             grid[y0:y0 + h, x0:x0 + w] = img[..., :3]
-    return (grid * 255.0 + 0.5).astype(np.uint8)
+    out = (grid * 255.0 + 0.5).astype(np.uint8)
+    if labels:
+        from PIL import Image, ImageDraw, ImageFont
+
+        im = Image.fromarray(out)
+        draw = ImageDraw.Draw(im)
+        font = ImageFont.load_default()
+        for j, k in enumerate(names):
+            draw.text((pad + j * (w + pad) + 3, 2), GRID_LABELS.get(k, k), fill=(0, 0, 0), font=font)
+        out = np.asarray(im)
+    return out
 
 
 def save_png(image: UInt8[np.ndarray, "H W 3"], path: str | Path) -> None:
