@@ -2,6 +2,7 @@
 
     python benchmarks/data.py                 # small config (its whole dataset) and full (a tiny dataset at 512^2)
     python benchmarks/data.py --quick         # tiny datasets for both, fewer batches
+    python benchmarks/data.py --consumption small=workdirs/small   # beside a training run's examples/s
 
 For each config the pipeline runs with 0, 1 and 2 worker processes; the first ``--warmup`` batches
 (worker start-up, first decode) are not timed. Numbers depend on the machine's free cores: the table
@@ -48,13 +49,35 @@ def _throughput(cfg, batch_size: int, batches: int, warmup: int) -> tuple[float,
     return batches * batch_size / dt, nbytes / dt / 2 ** 20
 
 
+def _training_rate(workdir: Path) -> float:
+    """Median examples/s of the logged training steps of a work directory (``metrics.jsonl``)."""
+    import json
+    import statistics
+
+    path = workdir / "metrics.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"--consumption: {path} not found (train with that work directory first)")
+    rates = [r["examples_per_sec"] for r in map(json.loads, path.read_text().splitlines())
+             if r.get("kind") == "train" and "examples_per_sec" in r]
+    if not rates:
+        raise SystemExit(f"--consumption: {path} has no training steps")
+    return statistics.median(rates)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny datasets, fewer batches")
     p.add_argument("--data_dir", default=None, help="keep datasets here (default: a temporary dir)")
     p.add_argument("--workers", default="0,1,2")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--consumption", action="append", default=[], metavar="CONFIG=WORKDIR",
+                   help="a training run of that config: its median examples/s (metrics.jsonl) is printed beside "
+                        "the pipeline's, with the headroom (pipeline / training)")
     args = p.parse_args(argv)
+    consumption = {}
+    for item in args.consumption:
+        name, _, workdir = item.partition("=")
+        consumption[name] = _training_rate(Path(workdir))
 
     from jax_instant4d.data import ensure_dataset
     from jax_instant4d.data.pipeline import dataset_path
@@ -89,9 +112,12 @@ def main(argv=None) -> int:
     for r in gen:
         print("| " + " | ".join(str(x) for x in r) + " |")
     print("\nPipeline throughput (decode + sample + batch, one process):\n")
-    print("| config | resolution | K | batch | workers | examples/s | MiB/s |\n|---|---|---|---|---|---|---|")
+    print("| config | resolution | K | batch | workers | examples/s | MiB/s | training consumes (examples/s) | "
+          "headroom |\n|---|---|---|---|---|---|---|---|---|")
     for name, res, k, b, w, eps, mbs in rows:
-        print(f"| {name} | {res} | {k} | {b} | {w} | {eps:.1f} | {mbs:.0f} |")
+        use = consumption.get(name)
+        extra = f"{use:.1f} | {eps / use:.0f}x" if use else "— | —"
+        print(f"| {name} | {res} | {k} | {b} | {w} | {eps:.1f} | {mbs:.0f} | {extra} |")
     return 0
 
 

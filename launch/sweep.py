@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Ablation sweeps from the command line: the same as ``instant4d sweep`` (see jax_instant4d/sweep.py and
-launch/SWEEP_README.md).
+launch/README.md).
 
     launch/sweep.py configs/sweeps/fusion.py list
     launch/sweep.py configs/sweeps/fusion.py launch --parallel 2

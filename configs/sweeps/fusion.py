@@ -3,7 +3,7 @@ deformation of Φ(f), none) on ``configs/small.py``, each trained for the small 
 
     instant4d sweep configs/sweeps/fusion.py list
     instant4d sweep configs/sweeps/fusion.py launch            # one after another, then collect
-    instant4d sweep configs/sweeps/fusion.py launch --slurm    # or as a SLURM array (see launch/SWEEP_README.md)
+    instant4d sweep configs/sweeps/fusion.py launch --slurm    # or as a SLURM array (see launch/README.md)
 
 Run from the repository root (the paths below are relative to the current directory).
 """
