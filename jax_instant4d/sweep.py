@@ -66,7 +66,7 @@ Value = str | int | float | bool | tuple | list | None
 ACTIONS = ("launch", "collect", "run-one", "list")
 RECORD = "sweep_run.json"  # per run: status, commands, return codes, times
 LOG = "sweep_run.log"  # per run: train and eval output
-SWEEP_KEYS = ("name", "config", "workdir", "fixed", "grid", "zip", "runs", "split", "eval_args")
+SWEEP_KEYS = ("name", "config", "workdir", "fixed", "grid", "zip", "runs", "split", "eval_args", "baseline")
 # Keys whose change in a run directory is no reason to start afresh: train resumes and trains further.
 RESUMABLE_KEYS = ("train.steps",)
 # Statuses: finished | failed | interrupted | running | incomplete | stale | pending
@@ -104,6 +104,7 @@ class Sweep:
     runs: list[Run]
     split: str = "heldout"
     eval_args: tuple[str, ...] = ()
+    baseline: str | None = None  # a run's name: the table gives every run's paired difference to it
     # per run index: the resolved value of every override key, JSON-normalised (tuples as lists)
     expected: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
@@ -311,7 +312,11 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = ()) -> Sweep:
         names[rname] = i
         runs.append(Run(i, rname, ov, root / rname))
 
-    sweep = Sweep(name, path, str(spec["config"]), root, fixed, runs, split, eval_args)
+    baseline = spec.get("baseline")
+    if baseline is not None and str(baseline) not in names:
+        raise SweepError(f"{where}: baseline {baseline!r} is not one of the runs ({', '.join(names)})")
+    sweep = Sweep(name, path, str(spec["config"]), root, fixed, runs, split, eval_args,
+                  None if baseline is None else str(baseline))
     try:
         base = load_config_file(sweep.config)
     except ConfigError as e:
@@ -764,6 +769,7 @@ def _fps(v: float) -> str:
 COLUMNS: tuple[tuple[str, tuple[str, ...], Callable[[Any], str]], ...] = (
     ("self PSNR (dB)", ("self", "psnr"), "{:.2f}".format),
     ("cross PSNR (dB)", ("cross", "psnr"), "{:.2f}".format),
+    ("self eyes+mouth PSNR (dB)", ("self", "region_psnr"), "{:.2f}".format),
     ("self SSIM", ("self", "ssim"), "{:.4f}".format),
     ("self expr. err", ("self", "expression_error"), "{:.4f}".format),
     ("cross expr. err", ("cross", "expression_error"), "{:.4f}".format),
@@ -791,9 +797,13 @@ def collect(sweep: Sweep, *, plot: bool = True, say: Callable[[str], None] = pri
         rows.append({"index": run.index, "name": run.name, "overrides": _normalise(run.overrides),
                      "workdir": str(run.workdir), "status": st.status, "detail": st.detail,
                      "log": str(run.workdir / LOG) if (run.workdir / LOG).exists() else None, "eval": st.eval})
+    base = next((r for r in rows if r["name"] == sweep.baseline), None)
+    for r in rows:
+        r["vs_baseline"] = versus_baseline(r["eval"], base["eval"] if base else None) if sweep.baseline else None
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     summary = {"sweep": sweep.name, "sweep_file": str(sweep.path), "config": sweep.config, "root": str(sweep.root),
-               "split": sweep.split, "fixed": {k: cli_value(v) for k, v in sweep.fixed.items()},
+               "split": sweep.split, "baseline": sweep.baseline,
+               "fixed": {k: cli_value(v) for k, v in sweep.fixed.items()},
                "collected": _now(), "counts": counts, "runs": rows}
     sweep.root.mkdir(parents=True, exist_ok=True)
     _write_json(sweep.root / "sweep.json", summary)
@@ -806,25 +816,55 @@ def collect(sweep: Sweep, *, plot: bool = True, say: Callable[[str], None] = pri
     return summary
 
 
+# Paired differences to the baseline run: (header, key of the eval's self.per_frame)
+PAIRED: tuple[tuple[str, str], ...] = (("self PSNR", "psnr"), ("eyes+mouth", "region_psnr"))
+
+
+def versus_baseline(ev: dict[str, Any] | None, base: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Per metric of :data:`PAIRED`: [mean difference run - baseline, 95% half-width, frames], from the
+    per-frame values of both evaluations; None where either lacks them or they are not the same frames."""
+    from jax_instant4d.eval.metrics import paired_difference
+
+    a = ((ev or {}).get("self") or {})
+    b = ((base or {}).get("self") or {})
+    if not a.get("per_frame") or not b.get("per_frame") or a.get("frames") != b.get("frames"):
+        return None
+    out = {}
+    for _h, key in PAIRED:
+        if key in a["per_frame"] and key in b["per_frame"]:
+            nan = lambda v: [math.nan if x is None else x for x in v]  # noqa: E731
+            d = paired_difference(nan(a["per_frame"][key]), nan(b["per_frame"][key]))
+            out[key] = None if d is None else list(d)
+    return out
+
+
 def markdown_table(sweep: Sweep, rows: list[dict[str, Any]], counts: dict[str, int]) -> str:
     fixed = ", ".join(f"`{k}={cli_value(v)}`" for k, v in sweep.fixed.items()) or "none"
-    head = ["run", "overrides", "status", *(c[0] for c in COLUMNS)]
+    paired = [(f"Δ {h} vs {sweep.baseline} (dB)", k) for h, k in PAIRED] if sweep.baseline else []
+    head = ["run", "overrides", "status", *(c[0] for c in COLUMNS), *(p[0] for p in paired)]
     lines = [f"# Sweep `{sweep.name}`", "",
              f"Base config `{sweep.config}`; fixed overrides: {fixed}; eval split `{sweep.split}`; "
              f"{len(rows)} runs (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"); collected {_now()}.",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * len(COLUMNS)]
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(COLUMNS) + len(paired))]
     for r in rows:
         ov = ", ".join(f"`{k}={cli_value(v)}`" for k, v in r["overrides"].items()) or "(base)"
         cells = [r["name"], ov, r["status"]]
         for _h, path, fmt in COLUMNS:
             v = _metric(r["eval"], path)
             cells.append(MISSING if v is None else fmt(v))
+        for _h, key in paired:
+            d = (r.get("vs_baseline") or {}).get(key)
+            cells.append(MISSING if d is None else ("0 (baseline)" if r["name"] == sweep.baseline
+                                                    else f"{d[0]:+.2f} ± {d[1]:.2f}"))
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     problems = [r for r in rows if r["status"] not in ("finished", "pending")]
     if problems:
         lines += ["", "Not finished:", ""]
         lines += [f"- `{r['name']}`: {r['status']}" + (f" ({r['detail']})" if r["detail"] else "")
                   + (f"; log `{r['log']}`" if r["log"] else "") for r in problems]
+    if paired:
+        lines += ["", f"Δ: the mean over the same held-out frames of each frame's difference to run "
+                      f"`{sweep.baseline}`, ± the half-width of its 95% interval (1.96 standard errors)."]
     lines += ["", "![self-reenactment PSNR vs animation frames/s](sweep.png)", ""]
     return "\n".join(lines)
 

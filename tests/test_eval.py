@@ -3,6 +3,7 @@ known answers, the expression regressor's cache and reported accuracy, ground-tr
 the stored teacher views, and the whole run on the real tiny checkpoint (``real_run``)."""
 
 import functools
+import io
 import json
 import math
 
@@ -295,6 +296,34 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
         np.testing.assert_allclose(m["expression_error"], np.mean(np.concatenate(ex)), atol=1e-5)
         np.testing.assert_allclose(m["expression_error_teacher"], np.mean(np.concatenate(ex_ref)), atol=1e-5)
 
+    # Self-reenactment baselines and eye + mouth PSNR, recomputed from the raw records: the region masks
+    # (green + blue of target_masks), the source image shown unchanged, and per frame in order.
+    from PIL import Image
+
+    from jax_instant4d.data.pipeline import open_source
+
+    raw = open_source(dataset_path(cfg), "test")
+    full, region, region_src, src_full = [], [], [], []
+    for _tk, ci, ours, ref in sorted((x for x in seen if x[0] == "self"), key=lambda x: x[1]):
+        rec, c = raw[ci], clips[ci]
+        for k in range(t * v):
+            mask = np.asarray(Image.open(io.BytesIO(rec["target_masks"][k])).convert("RGB"), np.float64) / 255.0
+            sel = np.clip(mask[..., 1] + mask[..., 2], 0, 1) > 0.5
+            o, r, src = ours[k].astype(np.float64), ref[k].astype(np.float64), c.source.astype(np.float64)
+            full.append(-10 * np.log10(np.mean((np.clip(o, 0, 1) - r) ** 2)))
+            src_full.append(-10 * np.log10(np.mean((src - r) ** 2)))
+            region.append(-10 * np.log10(np.mean((np.clip(o, 0, 1) - r)[sel] ** 2)) if sel.any() else np.nan)
+            region_src.append(-10 * np.log10(np.mean((src - r)[sel] ** 2)) if sel.any() else np.nan)
+    m, per = result["self"], result["self"]["per_frame"]
+    assert np.isfinite(region).sum() >= t * v  # the synthetic heads record eye and mouth masks
+    np.testing.assert_allclose(per["psnr"], full, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(per["region_psnr"], float), region, atol=2e-3)  # None (NaN) alike
+    np.testing.assert_allclose(m["region_psnr"], np.nanmean(region), atol=2e-3)
+    np.testing.assert_allclose(m["psnr_source"], np.mean(src_full), atol=2e-3)
+    np.testing.assert_allclose(m["region_psnr_source"], np.nanmean(region_src), atol=2e-3)
+    assert len(m["frames"]) == 16 and m["frames"] != result["cross"]["frames"]  # which frames: a fingerprint
+    assert "What the driving frame adds" in (workdir / "eval_heldout.md").read_text()
+
     # ...and the frames are the model's: clip 0, self, target k = (t=1, v=1), assembled here by hand (source
     # encoded, driving frame t's motion, camera k alone), with the loaded model's jitted functions.
     _trained, model = run_lib._load(workdir, None, None)
@@ -305,6 +334,12 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
                                         jnp.asarray(c.target_intrinsics[k:k + 1]), res)
     ours_self0 = next(o for tk, ci, o, _r in seen if (tk, ci) == ("self", 0))
     np.testing.assert_allclose(ours_self0[k], np.clip(np.asarray(one[0]), 0, 1), atol=2e-3)
+    # the undriven baseline: the same avatar with its own source motion as z_drv
+    und, _alpha, _depth = model.animate(avatar, avatar.z_src, jnp.asarray(c.target_w2c[k:k + 1]),
+                                        jnp.asarray(c.target_intrinsics[k:k + 1]), res)
+    ref_k = c.targets[k].astype(np.float64)
+    want = -10 * np.log10(np.mean((np.clip(np.asarray(und[0], np.float64), 0, 1) - ref_k) ** 2))
+    np.testing.assert_allclose(per["psnr_undriven"][k], want, atol=2e-3)
 
     md = (workdir / "eval_heldout.md").read_text()
     assert "107.31" in md and "0.8294" in md and "**this run**" in md and "*comparable?*" in md

@@ -17,6 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jax_instant4d import cli
@@ -191,6 +192,7 @@ def test_fusion_sweep_file():
     ({"grid": {"model.fusion": ["local"]}, "fixed": {"workdir": "/tmp/x"}}, "'workdir' is set by the sweep"),
     ({"grid": {"model.fusion": ["local"]}, "zip": {"model.fusion": ["none"]}}, "more than one axis"),
     ({"config": "configs/nosuch.py"}, "config file not found"),
+    ({"grid": {"model.fusion": ["local", "none"]}, "baseline": "fusion-static"}, "baseline 'fusion-static' is not"),
 ])
 def test_validation_errors_name_the_offender(tmp_path, spec, match):
     f = write_sweep(tmp_path / "bad.py", workdir=tmp_path / "root", **spec)
@@ -267,9 +269,9 @@ def test_collect_table_and_json_equal_the_eval_json(launched):
     rows = table_rows(md)
     assert list(rows) == [f"fusion-{f}" for f in FUSIONS]
     expect = {  # the fake's values, formatted by hand
-        "local": ["30.14", "22.87", "0.9123", "0.0312", "0.0456", "0.8765", "107.3", "4096"],
-        "global": ["29.50", "22.41", "0.9010", "0.0333", "0.0470", "0.8654", "3.70", "4096"],
-        "none": ["24.02", "20.00", "0.8000", "0.0988", "–", "0.9000", "120.5", "4096"],
+        "local": ["30.14", "22.87", "–", "0.9123", "0.0312", "0.0456", "0.8765", "107.3", "4096"],
+        "global": ["29.50", "22.41", "–", "0.9010", "0.0333", "0.0470", "0.8654", "3.70", "4096"],
+        "none": ["24.02", "20.00", "–", "0.8000", "0.0988", "–", "0.9000", "120.5", "4096"],
     }
     metric_cols = [c[0] for c in S.COLUMNS]
     for fusion, values in expect.items():
@@ -291,6 +293,45 @@ def test_collect_table_and_json_equal_the_eval_json(launched):
             assert row["eval"]["self"]["psnr"] == SELF_PSNR[r.overrides["model.fusion"]]
         else:
             assert row["eval"] is None and row["log"] == str(r.workdir / S.LOG)
+
+
+def test_paired_differences_to_the_baseline_run(tmp_path):
+    f = write_sweep(tmp_path / "b.py", workdir=tmp_path / "root", grid={"model.fusion": ["local", "none", "global"]},
+                    baseline="fusion-none")
+    sw = S.load_sweep(f)
+    assert sw.baseline == "fusion-none"
+    rng = np.random.default_rng(0)
+    base = rng.normal(22.0, 1.5, 40)
+    ours = base + 0.3 + rng.normal(0.0, 0.2, 40)  # per frame: what the frames share cancels in the pairing
+    reg_base, reg_ours = base - 3.0, base - 2.0
+    reg_base[[3, 7]] = np.nan  # frames without region pixels (null in the JSON) are left out of the pairs
+
+    def ev(psnr, region, frames="abc"):
+        j = lambda v: [None if np.isnan(x) else float(x) for x in v]  # noqa: E731
+        return {"self": {"psnr": float(np.mean(psnr)), "region_psnr": float(np.nanmean(region)), "frames": frames,
+                         "per_frame": {"psnr": j(psnr), "region_psnr": j(region)}}}
+
+    rows = [{"name": "fusion-local", "overrides": {"model.fusion": "local"}, "status": "finished",
+             "eval": ev(ours, reg_ours)},
+            {"name": "fusion-none", "overrides": {"model.fusion": "none"}, "status": "finished",
+             "eval": ev(base, reg_base)},
+            {"name": "fusion-global", "overrides": {"model.fusion": "global"}, "status": "finished",
+             "eval": ev(ours, reg_ours, frames="other")}]  # evaluated on other frames: no pairing
+    for r in rows:
+        r["vs_baseline"] = S.versus_baseline(r["eval"], rows[1]["eval"])
+    d = ours - base
+    mean, half = d.mean(), 1.96 * d.std(ddof=1) / np.sqrt(d.size)
+    assert rows[0]["vs_baseline"]["psnr"] == pytest.approx([mean, half, 40])
+    keep = ~np.isnan(reg_base)
+    dr = (reg_ours - reg_base)[keep]
+    assert rows[0]["vs_baseline"]["region_psnr"] == pytest.approx([dr.mean(), 1.96 * dr.std(ddof=1) / np.sqrt(38), 38])
+    assert rows[2]["vs_baseline"] is None
+    table = table_rows(S.markdown_table(sw, rows, {"finished": 3}))
+    col = "Δ self PSNR vs fusion-none (dB)"
+    assert table["fusion-local"][col] == f"{mean:+.2f} ± {half:.2f}"
+    assert table["fusion-none"][col] == "0 (baseline)"
+    assert table["fusion-global"][col] == "–"
+    assert table["fusion-local"]["self eyes+mouth PSNR (dB)"] == f"{np.nanmean(reg_ours):.2f}"
 
 
 def test_plot_is_a_png(launched):

@@ -25,4 +25,5 @@ def get_sweep():
         "fixed": {"train.steps": int(steps)},
         "grid": {"model.fusion": ["local", "global", "deform", "none"]},
         "split": "heldout",
+        "baseline": "fusion-none",  # the table gives each run's paired difference to the static avatar
     }

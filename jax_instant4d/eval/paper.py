@@ -76,6 +76,36 @@ def ours_row(result: dict) -> tuple:
             c.get("identity"), None, c.get("expression_error"), None, result.get("animate_fps"))
 
 
+def driving_table(result: dict) -> list[str]:
+    """Markdown lines: self-reenactment PSNR (full frame, eyes + mouth) of ours and of the two baselines
+    on the same frames, with the paired difference to ours and its 95% interval; [] for older results."""
+    from jax_instant4d.eval.metrics import paired_difference
+
+    m = result.get("self") or {}
+    per = m.get("per_frame") or {}
+    if "psnr_undriven" not in m:
+        return []
+    nan = lambda v: [float("nan") if x is None else x for x in v]  # noqa: E731
+
+    def delta(key: str, base: str) -> str:
+        if key not in per or base not in per:
+            return "—"
+        d = paired_difference(nan(per[key]), nan(per[base]))
+        return "—" if d is None else f"{d[0]:+.2f} ± {d[1]:.2f}"
+
+    lines = ["", "## What the driving frame adds (self-reenactment, the same frames)", "",
+             "| method | PSNR↑ (dB) | eyes + mouth PSNR↑ (dB) | ours − this, PSNR | ours − this, eyes + mouth |",
+             "|---|---|---|---|---|"]
+    for label, suffix in (("source image shown unchanged", "_source"), ("ours, undriven (z_drv = z_src)", "_undriven"),
+                          ("**ours**", "")):
+        lines.append(f"| {label} | {_fmt(m.get('psnr' + suffix), 2)} | {_fmt(m.get('region_psnr' + suffix), 2)} | "
+                     + (f"{delta('psnr', 'psnr' + suffix)} | {delta('region_psnr', 'region_psnr' + suffix)} |"
+                        if suffix else "| |"))
+    lines += ["", "Differences are means over frames of the per-frame difference, ± the half-width of a 95% "
+                  "interval (1.96 standard errors); eyes + mouth over the frames whose region masks have pixels."]
+    return lines
+
+
 def markdown_report(result: dict) -> str:
     """The eval's markdown: Table 1 with our row, which metrics compare, our full metrics and the notes."""
     size = result.get("image_size")
@@ -109,6 +139,7 @@ def markdown_report(result: dict) -> str:
                      f"{_fmt(m.get('lpips'))} | {_fmt(m.get('identity'))} | {_fmt(m.get('expression_error'))} | "
                      f"{_fmt(m.get('expression_error_teacher'))} | {_fmt(m.get('consistency'))} | "
                      f"{_fmt(m.get('consistency_coverage'), 3)} |")
+    lines += driving_table(result)
     lines += ["", f"Animation {_fmt(result.get('animate_fps'), 1)} FPS, encoding {_fmt(result.get('encode_ms'), 1)} "
                   f"ms ({result.get('timing_device', '')}). The reference of self is the teacher's view; of cross, "
                   "the ground truth (synthetic_heads) or none (real teacher clips).", ""]

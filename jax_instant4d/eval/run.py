@@ -19,7 +19,11 @@ files are given (``--lpips-weights`` / ``--identity-weights``, or ``train.loss.*
 config), absent (``null``) otherwise; on ``synthetic_heads`` the expression error of ours and of the
 reference (the teacher's frames for self, the ground truth for cross) against the ground-truth
 expression (:mod:`.expression`); the multi-view consistency of ours (:mod:`.consistency`), pairing each
-rendered camera with the same camera orbited ``consistency_degrees`` towards the front. Then the
+rendered camera with the same camera orbited ``consistency_degrees`` towards the front. For
+self-reenactment also the PSNR over the eye and mouth regions (where expressions show; clips that record
+region masks), and both PSNRs of two baselines on the same frames: the same avatar undriven
+(z_drv = z_src, what the driving frame adds) and the source image shown unchanged; per-frame values are
+kept (``per_frame``) so runs evaluated on the same frames can be compared pairwise. Then the
 animation frame rate (batch 1, ``animate`` only, jitted, after warm-up, at ``model.image_size``) and
 the encoding time of one source image, on this machine's default JAX device.
 """
@@ -27,6 +31,7 @@ the encoding time of one source image, on this machine's default JAX device.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -46,6 +51,10 @@ from jax_instant4d.eval import groundtruth, metrics
 
 METRIC_KEYS = ("psnr", "ssim", "lpips", "identity", "expression_error", "expression_error_teacher", "consistency")
 CONSISTENCY_DEGREES = 15.0
+# self-reenactment only: the eye + mouth PSNR of ours, and both metrics for two baselines (the same
+# model undriven, z_drv = z_src; the source image shown unchanged)
+BASELINE_KEYS = ("region_psnr", "psnr_undriven", "region_psnr_undriven", "psnr_source", "region_psnr_source")
+PER_FRAME_KEYS = ("psnr", "region_psnr", "psnr_undriven", "region_psnr_undriven", "psnr_source", "region_psnr_source")
 
 
 @dataclasses.dataclass
@@ -63,6 +72,7 @@ class Clip:
     num_views: int
     expression: np.ndarray | None  # [T, E] ground truth (synthetic only)
     identity_params: np.ndarray | None  # [P] (synthetic only)
+    target_regions: np.ndarray | None = None  # [T * V, R, R] eyes + mouth mask in [0, 1] (when recorded)
 
 
 def _decode(data: bytes, size: int) -> np.ndarray:
@@ -74,6 +84,14 @@ def _decode(data: bytes, size: int) -> np.ndarray:
             big = im.size[0] > size
             im = im.resize((size, size), Image.Resampling.BOX if big else Image.Resampling.BILINEAR)
         return np.asarray(im, np.float32) / 255.0
+
+
+def _regions(rec, resolution: int) -> np.ndarray | None:
+    """Eyes + mouth of every target (the green and blue channels of ``target_masks``), as training reads them."""
+    if not bool(rec["has_regions"]) or any(len(b) == 0 for b in rec["target_masks"]):
+        return None
+    m = np.stack([_decode(b, resolution) for b in rec["target_masks"]])
+    return np.clip(m[..., 1] + m[..., 2], 0.0, 1.0)
 
 
 def read_clips(path: str | Path, split: str, resolution: int, max_clips: int | None = None) -> list[Clip]:
@@ -101,7 +119,8 @@ def read_clips(path: str | Path, split: str, resolution: int, max_clips: int | N
             target_intrinsics=np.asarray(rec["target_intrinsics"], np.float32) * scale,
             num_times=t, num_views=v,
             expression=np.asarray(rec["expression"], np.float32) if synthetic else None,
-            identity_params=np.asarray(rec["identity_params"], np.float32) if synthetic else None))
+            identity_params=np.asarray(rec["identity_params"], np.float32) if synthetic else None,
+            target_regions=_regions(rec, resolution)))
     return clips
 
 
@@ -190,6 +209,7 @@ class _Accumulator:
         self.cons_count = 0.0
         self.coverage: list[np.ndarray] = []
         self.expr_abs: list[np.ndarray] = []  # [frames, E] |regressor(ours) - truth|
+        self.frame_ids: list[str] = []
 
     def add(self, name: str, per_frame) -> None:
         self.values.setdefault(name, []).append(np.asarray(per_frame, np.float64).reshape(-1))
@@ -198,11 +218,16 @@ class _Accumulator:
         if name not in self.values:
             return None
         v = np.concatenate(self.values[name])
+        if name.startswith("region_"):  # NaN: a frame without eye or mouth pixels
+            v = v[~np.isnan(v)]
         return _finite(float(np.mean(v))) if v.size else None
 
     def summary(self) -> dict:
         out = {k: self.mean(k) for k in ("psnr", "ssim", "lpips", "identity", "expression_error",
                                           "expression_error_teacher")}
+        for k in BASELINE_KEYS:
+            if k in self.values:
+                out[k] = self.mean(k)
         out["consistency"] = (_finite(cons.score(np.asarray([self.cons_total]), np.asarray([self.cons_count])))
                               if self.coverage else None)
         out["consistency_coverage"] = (_finite(float(np.mean(np.concatenate(self.coverage)))) if self.coverage
@@ -213,6 +238,12 @@ class _Accumulator:
 
             per = np.concatenate(self.expr_abs).mean(0)
             out["expression_error_per_parameter"] = {n: float(v) for n, v in zip(EXPRESSION_NAMES, per, strict=True)}
+        if self.frames:
+            # Per frame, for paired comparisons between runs evaluated on the same frames (sweep collect);
+            # "frames" fingerprints which frames these are.
+            out["per_frame"] = {k: [None if not math.isfinite(x) else round(float(x), 4) for x in
+                                    np.concatenate(self.values[k])] for k in PER_FRAME_KEYS if k in self.values}
+            out["frames"] = hashlib.sha1("\n".join(self.frame_ids).encode()).hexdigest()[:16]
         return out
 
 
@@ -346,8 +377,21 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
                                            jnp.asarray(clip.target_intrinsics[pad])[None], res)
         rgb, alpha, depth = jnp.clip(rgb[0, :n], 0.0, 1.0), alpha[0, :n], depth[0, :n]
         a.frames += n
+        a.frame_ids += [f"{clip.clip_id}/{mode}/{drv.clip_id}/{i}" for i in idx]
         if mode == "self":
             ref = jnp.asarray(clip.targets[idx])
+            # The baselines: the same avatar undriven (z_drv = z_src) and the source image itself.
+            z_und = jax.tree.map(lambda s: jnp.broadcast_to(s[:, None], (1, chunk) + s.shape[1:]), avatar.z_src)
+            rgb_u = runner.animate(avatar, z_und, jnp.asarray(clip.target_w2c[pad])[None],
+                                   jnp.asarray(clip.target_intrinsics[pad])[None], res)[0]
+            rgb_u = jnp.clip(rgb_u[0, :n], 0.0, 1.0)
+            src = jnp.broadcast_to(jnp.asarray(clip.source)[None], ref.shape)
+            a.add("psnr_undriven", metrics.psnr(rgb_u, ref))
+            a.add("psnr_source", metrics.psnr(src, ref))
+            if clip.target_regions is not None:
+                mask = jnp.asarray(clip.target_regions[idx])
+                for key, img in (("region_psnr", rgb), ("region_psnr_undriven", rgb_u), ("region_psnr_source", src)):
+                    a.add(key, metrics.masked_psnr(img, ref, mask))
         elif synthetic:
             ref = jnp.asarray(groundtruth.render_frames(
                 canon, np.full(n, canon_of_clip[ci]), drv.expression[times], w2c, intr, res, backend
