@@ -48,8 +48,10 @@ def _data_defaults() -> ConfigDict:
         "read_threads": 2,  # decoding threads per process
         "prefetch": 2,  # batches buffered (per worker)
         "shuffle_seed": 0,
+        # photometric: one gain for source + targets, gain / contrast (and per-channel colour) jitter of each
+        # driving frame; crop: random shifts with the principal point moved along
         "augment": ConfigDict({"photometric": False, "crop": False, "max_shift": 4,
-                               "brightness": 0.1, "contrast": 0.1}),
+                               "brightness": 0.1, "contrast": 0.1, "color": 0.0}),
     })
 
 

@@ -167,6 +167,25 @@ def test_crop_and_photometric_augmentation_keep_the_camera_consistent():
         assert 0.7 - 1e-6 <= gains[-1] <= 1.3 + 1e-6
 
 
+def test_driving_colour_jitter_scales_each_channel_of_the_driving_frames_only():
+    cfg, _ = tiny_dataset()
+    base = tiny_cfg(cfg.data.data_dir, data__augment__photometric=True, data__augment__brightness=0.0,
+                    data__augment__contrast=0.0)
+    plain = next(make_pipeline(base, "train", 2, 0, 1))
+    aug = next(make_pipeline(tiny_cfg(cfg.data.data_dir, data__augment__photometric=True,
+                                      data__augment__brightness=0.0, data__augment__contrast=0.0,
+                                      data__augment__color=0.3), "train", 2, 0, 1))
+    np.testing.assert_array_equal(aug["target"], plain["target"])  # source and teacher views keep their colours
+    np.testing.assert_array_equal(aug["source"], plain["source"])
+    for i in range(2):
+        for j in range(2):
+            p, a = plain["driving"][i, j], aug["driving"][i, j]
+            lit = (p > 0.05) & (p < 0.6)
+            g = [np.median(a[..., c][lit[..., c]] / p[..., c][lit[..., c]]) for c in range(3)]
+            assert all(0.7 - 1e-6 <= x <= 1.3 + 1e-6 for x in g) and max(g) - min(g) > 1e-3
+            np.testing.assert_allclose(a, np.clip(p * np.asarray(g), 0, 1), atol=2e-6)
+
+
 def test_to_global_assembles_the_batch_on_the_mesh():
     cfg, _ = tiny_dataset()
     b = next(make_pipeline(cfg, "train", 4, 0, 1))

@@ -132,7 +132,10 @@ class SampleTargets(grain.transforms.RandomMap):
     replacement. Augmentations (``augment``, from ``cfg.data.augment``): ``crop`` shifts each image by
     up to ``max_shift`` pixels (zero fill) and moves the principal point with it, so the camera still
     explains the pixels; ``photometric`` scales source and targets by one shared gain (black stays
-    black) and jitters each driving frame's gain and contrast independently.
+    black) and jitters each driving frame's gain and contrast independently, and with ``color`` > 0 each
+    of its colour channels by its own gain in [1 - color, 1 + color]: the motion encoder sees the driving
+    face's shape with its colours scrambled, so a motion code has less of the driver's identity to carry
+    into the avatar (source and teacher views keep their colours).
     """
 
     def __init__(self, targets: int, resolution: int, augment: Mapping | None = None):
@@ -144,6 +147,7 @@ class SampleTargets(grain.transforms.RandomMap):
         self.max_shift = int(a.get("max_shift", 0))
         self.brightness = float(a.get("brightness", 0.0))
         self.contrast = float(a.get("contrast", 0.0))
+        self.color = float(a.get("color", 0.0))
 
     def random_map(self, rec: Mapping, rng: np.random.Generator) -> dict:
         res, k = self.res, self.k
@@ -195,6 +199,8 @@ class SampleTargets(grain.transforms.RandomMap):
                 c = 1.0 + rng.uniform(-self.contrast, self.contrast)
                 mean = drv[i].mean()
                 drv[i] = np.clip(((drv[i] - mean) * c + mean) * g, 0.0, 1.0)
+                if self.color > 0:
+                    drv[i] = np.clip(drv[i] * (1.0 + rng.uniform(-self.color, self.color, size=3)), 0.0, 1.0)
 
         return {
             "source": src,
