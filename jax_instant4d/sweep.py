@@ -870,34 +870,40 @@ def markdown_table(sweep: Sweep, rows: list[dict[str, Any]], counts: dict[str, i
 
 
 def plot_quality_speed(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Path:
-    """Self-reenactment PSNR (y) against animation frames/s (x, log scale), one labelled point per finished run."""
+    """Self-reenactment PSNR (y) against animation frames/s (x, log scale), one labelled point per finished run;
+    beside it the eyes + mouth PSNR where the evaluations have it."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
         raise PlotError(f"plotting {path} needs matplotlib, which is not installed (pip install matplotlib); "
                         f"{sweep.root / 'sweep.md'} and sweep.json were written") from e
-    points = []
-    for r in rows:
-        psnr, fps = _metric(r["eval"], ("self", "psnr")), _metric(r["eval"], ("animate_fps",))
-        if (r["status"] == "finished" and psnr is not None and fps is not None and fps > 0
-                and math.isfinite(fps) and math.isfinite(psnr)):
-            points.append((r["name"], float(fps), float(psnr)))
-    fig = Figure(figsize=(7.0, 4.8), dpi=120)
+    panels = [(("self", "psnr"), f"self-reenactment PSNR (dB), split {sweep.split}")]
+    if any(_metric(r["eval"], ("self", "region_psnr")) is not None for r in rows):
+        panels.append((("self", "region_psnr"), "eyes + mouth PSNR (dB), self-reenactment"))
+    fig = Figure(figsize=(7.0 * len(panels), 4.8), dpi=120)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if points:
-        ax.set_xscale("log")
-        ax.scatter([p[1] for p in points], [p[2] for p in points], s=36, zorder=3)
-        for name, x, y in points:
-            ax.annotate(name, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8)
-        ax.margins(x=0.25, y=0.15)
-    else:
-        ax.text(0.5, 0.5, "no finished run with PSNR and FPS yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("animation frames/s (log scale)")
-    ax.set_ylabel(f"self-reenactment PSNR (dB), split {sweep.split}")
-    ax.set_title(f"sweep {sweep.name}: quality vs animation speed ({len(points)} of {len(rows)} runs)")
-    ax.grid(True, which="both", alpha=0.3)
+    for j, (metric, ylabel) in enumerate(panels):
+        points = []
+        for r in rows:
+            q, fps = _metric(r["eval"], metric), _metric(r["eval"], ("animate_fps",))
+            if (r["status"] == "finished" and q is not None and fps is not None and fps > 0
+                    and math.isfinite(fps) and math.isfinite(q)):
+                points.append((r["name"], float(fps), float(q)))
+        ax = fig.add_subplot(1, len(panels), j + 1)
+        if points:
+            ax.set_xscale("log")
+            ax.scatter([p[1] for p in points], [p[2] for p in points], s=36, zorder=3)
+            for name, x, y in points:
+                ax.annotate(name, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8)
+            ax.margins(x=0.25, y=0.15)
+        else:
+            ax.text(0.5, 0.5, "no finished run with PSNR and FPS yet", ha="center", va="center",
+                    transform=ax.transAxes)
+        ax.set_xlabel("animation frames/s (log scale)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"sweep {sweep.name}: quality vs animation speed ({len(points)} of {len(rows)} runs)")
+        ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
