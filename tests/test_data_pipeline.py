@@ -177,6 +177,13 @@ def test_driving_colour_jitter_scales_each_channel_of_the_driving_frames_only():
                                       data__augment__color=0.3), "train", 2, 0, 1))
     np.testing.assert_array_equal(aug["target"], plain["target"])  # source and teacher views keep their colours
     np.testing.assert_array_equal(aug["source"], plain["source"])
+    # held-out batches are never augmented (unless asked)
+    held = dict(data__augment__photometric=True, data__augment__color=0.3, data__augment__crop=True)
+    ref = next(make_pipeline(cfg, "heldout", 2, 0, 1))
+    for key, v in next(make_pipeline(tiny_cfg(cfg.data.data_dir, **held), "heldout", 2, 0, 1)).items():
+        np.testing.assert_array_equal(v, ref[key], err_msg=key)
+    forced = next(make_pipeline(tiny_cfg(cfg.data.data_dir, **held), "heldout", 2, 0, 1, augment=True))
+    assert not np.array_equal(forced["driving"], ref["driving"])
     for i in range(2):
         for j in range(2):
             p, a = plain["driving"][i, j], aug["driving"][i, j]

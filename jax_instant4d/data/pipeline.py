@@ -237,8 +237,11 @@ def _grain_flags_parsed() -> None:
 
 def make_dataset(cfg, split: str, batch_size: int, process_index: int | None = None,
                  process_count: int | None = None, seed: int | None = None,
-                 path: str | os.PathLike | None = None) -> grain.IterDataset:
-    """The pipeline as a grain ``IterDataset`` (``iter()`` it, or use :func:`make_pipeline`)."""
+                 path: str | os.PathLike | None = None, augment: bool | None = None) -> grain.IterDataset:
+    """The pipeline as a grain ``IterDataset`` (``iter()`` it, or use :func:`make_pipeline`).
+
+    ``augment``: apply ``cfg.data.augment``; by default on the train split only (held-out batches are
+    scored as recorded)."""
     if process_index is None or process_count is None:
         import jax
 
@@ -255,7 +258,9 @@ def make_dataset(cfg, split: str, batch_size: int, process_index: int | None = N
         raise ValueError(f"split {split!r} has {len(source)} clips, fewer than the {process_count} processes")
     ds = grain.MapDataset.source(source)[process_index::process_count]
     ds = ds.shuffle(seed=seed).repeat(None)
-    sampler = SampleTargets(d.targets_per_example, d.resolution, d.augment.to_dict())
+    if augment is None:
+        augment = resolve_split(split) == "train"
+    sampler = SampleTargets(d.targets_per_example, d.resolution, d.augment.to_dict() if augment else None)
     ds = ds.random_map(sampler, seed=(seed * 1_000_003 + 7919 * process_index + 17) % (2 ** 32))
     ds = ds.batch(batch_size, drop_remainder=True)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, int(d.read_threads)),
@@ -276,14 +281,15 @@ def _plain_arrays(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def make_pipeline(cfg, split: str, batch_size: int, process_index: int | None = None,
                   process_count: int | None = None, seed: int | None = None,
-                  path: str | os.PathLike | None = None) -> grain.DatasetIterator:
+                  path: str | os.PathLike | None = None, augment: bool | None = None) -> grain.DatasetIterator:
     """An infinite iterator of per-process batches (the module docstring's contract).
 
     The iterator's ``get_state()`` / ``set_state()`` checkpoint its position (also through
     ``grain.checkpoint.CheckpointSave``). ``process_index`` / ``process_count`` default to JAX's;
-    ``seed`` to ``cfg.data.shuffle_seed``; ``path`` to the dataset of ``cfg`` (see :func:`ensure_dataset`).
+    ``seed`` to ``cfg.data.shuffle_seed``; ``path`` to the dataset of ``cfg`` (see :func:`ensure_dataset`);
+    ``augment`` (default: on the train split only) to whether ``cfg.data.augment`` applies.
     """
-    return iter(make_dataset(cfg, split, batch_size, process_index, process_count, seed, path))
+    return iter(make_dataset(cfg, split, batch_size, process_index, process_count, seed, path, augment))
 
 
 def to_global(batch: Mapping[str, np.ndarray], mesh, batch_axes: tuple[str, ...] = ("data", "fsdp")) -> dict:
