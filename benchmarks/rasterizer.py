@@ -3,10 +3,15 @@
     python benchmarks/rasterizer.py                      # the full grid (several minutes on 2 cores)
     python benchmarks/rasterizer.py --sizes 256 --gaussians 50000 --channels 32
     python benchmarks/rasterizer.py --backends cpu,xla,cuda   # on a GPU machine
+    python benchmarks/rasterizer.py --sizes 256 --gaussians 50000 --channels 32 --exact   # + xla without drops
 
 Scenes are head-like shells of Gaussians (``rasterizer_ffi.testing.shell_scene``) filling most of the
 image; projection runs once outside the timed region. Times are medians over ``--repeats`` runs after a
 warm-up (compilation excluded). The last columns are the xla/cpu time ratios measured in this run.
+
+At the default capacity the xla backend drops what does not fit in a tile (``xla overflow`` counts the
+dropped pairs), so it does less work than cpu and renders another image. ``--exact`` adds xla at the
+smallest power-of-two capacity that drops nothing (the same image as cpu) and its ratio to cpu.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ def main(argv=None):
     p.add_argument("--channels", default="3,32")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tile-capacity", type=int, default=rasterizer_ffi.DEFAULT_TILE_CAPACITY)
+    p.add_argument("--exact", action="store_true", help="also time xla at a capacity that drops nothing")
     args = p.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
     for b in backends:
@@ -78,6 +84,9 @@ def main(argv=None):
         cols += ["xla overflow"]
     if {"cpu", "xla"} <= set(backends):
         cols += ["xla/cpu fwd", "xla/cpu fwd+bwd"]
+    exact = args.exact and {"cpu", "xla"} <= set(backends)
+    if exact:
+        cols += ["exact K", "xla exact fwd+bwd ms", "xla exact/cpu fwd+bwd"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     rng = np.random.default_rng(0)
@@ -94,6 +103,12 @@ def main(argv=None):
                     row.append(str(res["xla"][2]))
                 if {"cpu", "xla"} <= set(backends):
                     row += [f"{res['xla'][0] / res['cpu'][0]:.1f}x", f"{res['xla'][1] / res['cpu'][1]:.1f}x"]
+                if exact:
+                    k = args.tile_capacity
+                    while res["xla"][2] > 0 and k < 1 << 16:  # double until nothing is dropped
+                        k *= 2
+                        res["xla"] = bench_one("xla", scene, size, k, args.repeats)
+                    row += [str(k), f"{1e3 * res['xla'][1]:.1f}", f"{res['xla'][1] / res['cpu'][1]:.1f}x"]
                 print("| " + " | ".join(row) + " |", flush=True)
 
 
