@@ -832,8 +832,7 @@ def versus_baseline(ev: dict[str, Any] | None, base: dict[str, Any] | None) -> d
     out = {}
     for _h, key in PAIRED:
         if key in a["per_frame"] and key in b["per_frame"]:
-            nan = lambda v: [math.nan if x is None else x for x in v]  # noqa: E731
-            d = paired_difference(nan(a["per_frame"][key]), nan(b["per_frame"][key]))
+            d = paired_difference(a["per_frame"][key], b["per_frame"][key])
             out[key] = None if d is None else list(d)
     return out
 

@@ -15,6 +15,8 @@ zero-pads by 5 pixels and averages the whole map, which is what the authors' ``m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,21 +39,21 @@ def psnr(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"]) -> Floa
 
 def masked_psnr(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"],
                 mask: Float[Array, "B H W"]) -> Float[Array, " B"]:
-    """Per-image PSNR in dB over the pixels where ``mask`` > 0.5 (both images clipped to [0, 1]); NaN for
-    an image whose mask has no such pixel (leave it out of averages: ``np.nanmean``)."""
-    m = (mask > 0.5).astype(jnp.float32)[..., None]
-    d = jnp.clip(pred, 0.0, 1.0) - jnp.clip(target, 0.0, 1.0)
-    n = jnp.sum(m, axis=(1, 2, 3)) * pred.shape[-1]
-    mse = jnp.sum(m * d * d, axis=(1, 2, 3)) / jnp.maximum(n, 1.0)
-    value = -10.0 * jnp.log10(jnp.maximum(mse, 10.0 ** (-PSNR_MAX_DB / 10.0)))
-    return jnp.where(n > 0, value, jnp.nan)
+    """Per-image PSNR in dB over the pixels where ``mask`` > 0.5 (training's :func:`losses.masked_psnr`
+    on images clipped to [0, 1]); NaN for an image whose mask has no such pixel (leave it out of
+    averages: ``np.nanmean``)."""
+    value, has = losses.masked_psnr(jnp.clip(pred, 0.0, 1.0), jnp.clip(target, 0.0, 1.0), mask)
+    return jnp.where(has, value, jnp.nan)
 
 
-def paired_difference(a: Float[np.ndarray, " N"], b: Float[np.ndarray, " N"]) -> tuple[float, float, int] | None:
+def paired_difference(a: Sequence[float | None] | Float[np.ndarray, " N"], b: Sequence[float | None] |
+                      Float[np.ndarray, " N"]) -> tuple[float, float, int] | None:
     """Mean of ``a - b`` over the frames where both are finite, the half-width of its 95% confidence
     interval (1.96 standard errors of the mean of the per-frame differences: frames are paired, so
-    what both share, e.g. a hard identity, cancels) and the number of pairs; None without two pairs."""
-    a, b = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
+    what both share, e.g. a hard identity, cancels) and the number of pairs; None without two pairs.
+    ``None`` entries (how an eval JSON's ``per_frame`` writes a missing value) count as not finite."""
+    a, b = (np.asarray([np.nan if x is None else x for x in np.ravel(np.asarray(v, object))], np.float64)
+            for v in (a, b))
     if a.shape != b.shape:
         raise ValueError(f"paired_difference: {a.size} and {b.size} frames (the same frames are needed)")
     d = (a - b)[np.isfinite(a) & np.isfinite(b)]

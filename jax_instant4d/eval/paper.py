@@ -85,12 +85,10 @@ def driving_table(result: dict) -> list[str]:
     per = m.get("per_frame") or {}
     if "psnr_undriven" not in m:
         return []
-    nan = lambda v: [float("nan") if x is None else x for x in v]  # noqa: E731
-
     def delta(key: str, base: str) -> str:
         if key not in per or base not in per:
             return "—"
-        d = paired_difference(nan(per[key]), nan(per[base]))
+        d = paired_difference(per[key], per[base])
         return "—" if d is None else f"{d[0]:+.2f} ± {d[1]:.2f}"
 
     lines = ["", "## What the driving frame adds (self-reenactment, the same frames)", "",
