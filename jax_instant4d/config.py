@@ -136,7 +136,9 @@ def _model_defaults() -> ConfigDict:
 def _render_defaults() -> ConfigDict:
     return ConfigDict({
         "backend": "auto",  # auto | cpu | cuda | xla | dense (the O(HWN) reference; tiny tests only)
-        "tile_capacity": 256,  # xla backend only
+        # xla backend only: 0 = exact (every tile/Gaussian pair, the image of cpu and cuda); K > 0 = opt-in
+        # approximation keeping at most K Gaussians per 16x16 tile (the dropped pairs are logged as overflow)
+        "tile_capacity": 0,
         "fov_degrees": 18.837,
         "camera_radius": 2.7,
         "near": 0.01,

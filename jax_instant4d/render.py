@@ -121,7 +121,9 @@ def render(
     one device in it), the batch is split over the mesh axes in ``batch_axes`` that exist, and each
     device projects and rasterizes its share under ``shard_map``. The batch must divide evenly.
     ``backend`` is a ``rasterizer_ffi`` backend name or ``"dense"`` (``rasterizer_ffi.rasterize_dense``,
-    memory O(H W N): for tiny test scenes only).
+    memory O(H W N): for tiny test scenes only). ``tile_capacity`` (config ``render.tile_capacity``,
+    ``xla`` backend only): 0 renders exactly; K > 0 keeps at most K Gaussians per 16x16 tile and
+    reports the dropped (tile, Gaussian) pairs in ``Rendered.overflow``.
     """
     c = features.shape[-1]
     bg = jnp.broadcast_to(jnp.asarray(background, jnp.float32), (c,))

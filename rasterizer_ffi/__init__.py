@@ -7,8 +7,8 @@ Two public entry points:
 * :func:`rasterize` — front-to-back alpha compositing of screen-space Gaussians into an image, an
   alpha map and an expected-depth map, with one algorithm and three backends selected by name:
   ``"cpu"`` (C++ through the XLA FFI), ``"cuda"`` (CUDA through the XLA FFI, same per-pixel math),
-  ``"xla"`` (pure JAX tiles with a fixed per-tile capacity: the TPU path) and ``"auto"`` (cuda on a
-  GPU, cpu on a CPU, xla elsewhere).
+  ``"xla"`` (pure JAX tiles, exact by default; the TPU path) and ``"auto"`` (cuda on a GPU, cpu on a
+  CPU, xla elsewhere).
 
 This package knows nothing of faces or training and never imports ``jax_instant4d``.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from rasterizer_ffi import constants
@@ -24,7 +25,7 @@ from rasterizer_ffi._checks import BACKENDS, check_raster_inputs
 from rasterizer_ffi.projection import Projected, project, quat_to_rotmat
 from rasterizer_ffi.reference import rasterize_dense
 
-DEFAULT_TILE_CAPACITY = 256
+DEFAULT_TILE_CAPACITY = 0  # xla backend: 0 = exact (every pair composited); K > 0 = at most K per tile
 
 __all__ = [
     "BACKENDS",
@@ -98,16 +99,18 @@ def rasterize(
     alpha < 1/255; stop before a Gaussian that would bring the transmittance T below 1e-4;
     image = sum f_i alpha_i T_i + T_final background; alpha = 1 - T_final;
     depth = sum z_i alpha_i T_i. Tiling never changes the image (binning uses the opacity-aware
-    bound of the alpha cut), except that the ``xla`` backend keeps at most ``tile_capacity``
-    Gaussians per 16x16 tile (nearest first) and counts the rest. With ``return_overflow=True``
-    a fourth output, int32 ``[*B]``, holds that count (always 0 for ``cpu`` and ``cuda``).
+    bound of the alpha cut). ``tile_capacity`` (``xla`` backend only): 0, the default, composites
+    every (tile, Gaussian) pair, like ``cpu`` and ``cuda``; K > 0 is an opt-in approximation that
+    keeps at most K Gaussians per 16x16 tile (nearest first) and counts the rest. With
+    ``return_overflow=True`` a fourth output, int32 ``[*B]``, holds that count (0 on the exact paths).
 
     Differentiable with respect to means2d, conics, depths, opacities, features and background.
     """
     batched = check_raster_inputs(means2d, conics, depths, radii, opacities, features, background,
                                   width, height, backend)
-    if int(tile_capacity) < 1:
-        raise ValueError(f"tile_capacity must be >= 1, got {tile_capacity}")
+    if isinstance(tile_capacity, bool) or not isinstance(tile_capacity, (int, np.integer)) or tile_capacity < 0:
+        raise ValueError(f"tile_capacity must be an int >= 0 (0 = exact, K > 0 = at most K Gaussians per tile), "
+                         f"got {tile_capacity!r}")
     backend = resolve_backend(backend)
     if not batched:
         means2d, conics, depths, radii, opacities, features = (

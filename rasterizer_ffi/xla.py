@@ -100,14 +100,16 @@ def _ellipse_meets_rect(mx, my, a, b, c, s, xl, xh, yl, yh):
     return hit
 
 
-def _bin_one(means2d, conics, depths, radii, opacities, *, width, height, capacity, kpad, budget):
-    """Tile lists of one image: ids [T, kpad] (index of a Gaussian, or N for an empty slot), the
-    number of Gaussians kept per tile [T] and the overflow count."""
-    n = depths.shape[0]
-    tiles_x = -(-width // TILE)
-    tiles_y = -(-height // TILE)
-    num_tiles = tiles_x * tiles_y
+def _gaussian_extents(means2d, conics, depths, radii, opacities, *, width, height, tile=TILE):
+    """Per-Gaussian binning data of one image, in depth order (ties by index).
 
+    Returns ``order`` [N] (original index of each depth-ordered Gaussian), ``cnt`` [N] (number of
+    candidate ``tile`` x ``tile`` tiles: those of the bounding box of its cut ellipse; 0 for a dropped Gaussian),
+    ``ints`` [N, 3] (first tile column, first tile row, bounding-box width in tiles) and ``floats``
+    [N, 7] (mean x, mean y, conic a, b, c, the enlarged cut s, positive-definite flag).
+    """
+    tiles_x = -(-width // tile)
+    tiles_y = -(-height // tile)
     order = jnp.argsort(depths, stable=True).astype(jnp.int32)
     mx, my = means2d[order, 0], means2d[order, 1]
     a, b, c = conics[order, 0], conics[order, 1], conics[order, 2]
@@ -132,14 +134,53 @@ def _bin_one(means2d, conics, depths, radii, opacities, *, width, height, capaci
     def tile_range(m, e, size, count):
         lo = jnp.maximum(m - e, 0.5)
         hi = jnp.minimum(m + e, size - 0.5)
-        first = jnp.clip(jnp.ceil((lo - (TILE - 0.5)) / TILE), 0, count - 1).astype(jnp.int32)
-        last = jnp.clip(jnp.floor((hi - 0.5) / TILE), 0, count - 1).astype(jnp.int32)
+        first = jnp.clip(jnp.ceil((lo - (tile - 0.5)) / tile), 0, count - 1).astype(jnp.int32)
+        last = jnp.clip(jnp.floor((hi - 0.5) / tile), 0, count - 1).astype(jnp.int32)
         num = jnp.where(valid & (lo <= hi), jnp.maximum(last - first + 1, 0), 0)
         return first, num
 
     x0, nx = tile_range(mx, ex, width, tiles_x)
     y0, ny = tile_range(my, ey, height, tiles_y)
-    cnt = nx * ny
+    ints = jnp.stack([x0, y0, jnp.maximum(nx, 1)], axis=-1)
+    floats = jnp.stack([mx, my, a, b, c, s_test, pd.astype(jnp.float32)], axis=-1)
+    return order, nx * ny, ints, floats
+
+
+def _pair_tile(ints, floats, local, *, width, height, tile=TILE):
+    """Tile of the ``local``-th candidate tile of Gaussians with binning data ``ints`` / ``floats``
+    (rows gathered per pair slot), and whether the cut ellipse truly meets that tile: (tile, hit)."""
+    tiles_x = -(-width // tile)
+    ix = ints[:, 0] + local % ints[:, 2]
+    iy = ints[:, 1] + local // ints[:, 2]
+    xl = (ix * tile).astype(jnp.float32) + 0.5
+    yl = (iy * tile).astype(jnp.float32) + 0.5
+    xh = jnp.minimum(xl + (tile - 1), width - 0.5)
+    yh = jnp.minimum(yl + (tile - 1), height - 0.5)
+    meets = _ellipse_meets_rect(floats[:, 0], floats[:, 1], floats[:, 2], floats[:, 3], floats[:, 4],
+                                floats[:, 5], xl, xh, yl, yh)
+    return iy * tiles_x + ix, (floats[:, 6] == 0) | meets
+
+
+def _group_by_tile(key, num_tiles):
+    """Slots [P] sorted by ``key`` (tile, or ``num_tiles`` for an unused slot), keeping slot order
+    inside a tile; the number of slots of each tile [num_tiles] and where each tile starts."""
+    budget = key.shape[0]
+    slot = jnp.arange(budget, dtype=jnp.int32)
+    if (num_tiles + 1) * budget <= _INT32_MAX:  # one single-operand sort of packed keys
+        slot_sorted = lax.sort(key * budget + slot) % budget
+    else:
+        _, slot_sorted = lax.sort((key, slot), num_keys=1, is_stable=True)
+    per_tile = jnp.zeros((num_tiles + 1,), jnp.int32).at[key].add(1)[:num_tiles]
+    return slot_sorted, per_tile, jnp.cumsum(per_tile) - per_tile
+
+
+def _bin_one(means2d, conics, depths, radii, opacities, *, width, height, capacity, kpad, budget):
+    """Tile lists of one image for the fixed-capacity path: ids [T, kpad] (index of a Gaussian, or N
+    for an empty slot), the number of Gaussians kept per tile [T] and the overflow count."""
+    n = depths.shape[0]
+    num_tiles = (-(-width // TILE)) * (-(-height // TILE))
+    order, cnt, ints, floats = _gaussian_extents(means2d, conics, depths, radii, opacities, width=width,
+                                                 height=height)
 
     # Slots [start, start + cnt) of the pair buffer belong to Gaussian n (depth order). Where the int32
     # prefix sum could wrap, it can only do so after exceeding the budget, which a running flag catches.
@@ -158,29 +199,13 @@ def _bin_one(means2d, conics, depths, radii, opacities, *, width, height, capaci
         jnp.arange(n, dtype=jnp.int32), mode="drop")
     owner = lax.cummax(owner, axis=0)
     g = jnp.maximum(owner, 0)
-    ints = jnp.stack([start, emitted, x0, y0, jnp.maximum(nx, 1)], axis=-1)[g]
-    floats = jnp.stack([mx, my, a, b, c, s_test, pd.astype(jnp.float32)], axis=-1)[g]
-    local = slot - ints[:, 0]
-    in_use = (owner >= 0) & (local < ints[:, 1])
-    ix = ints[:, 2] + local % ints[:, 4]
-    iy = ints[:, 3] + local // ints[:, 4]
-    xl = (ix * TILE).astype(jnp.float32) + 0.5
-    yl = (iy * TILE).astype(jnp.float32) + 0.5
-    xh = jnp.minimum(xl + (TILE - 1), width - 0.5)
-    yh = jnp.minimum(yl + (TILE - 1), height - 0.5)
-    meets = _ellipse_meets_rect(floats[:, 0], floats[:, 1], floats[:, 2], floats[:, 3], floats[:, 4],
-                                floats[:, 5], xl, xh, yl, yh)
-    hit = in_use & ((floats[:, 6] == 0) | meets)
-    key = jnp.where(hit, iy * tiles_x + ix, num_tiles)
+    local = slot - start[g]
+    in_use = (owner >= 0) & (local < emitted[g])
+    tile, meets = _pair_tile(ints[g], floats[g], local, width=width, height=height)
+    key = jnp.where(in_use & meets, tile, num_tiles)
 
     # Group by tile, keeping depth (= slot) order inside a tile.
-    if (num_tiles + 1) * budget <= _INT32_MAX:
-        packed = lax.sort(key * budget + slot)
-        slot_sorted = packed % budget
-    else:
-        _, slot_sorted = lax.sort((key, slot), num_keys=1, is_stable=True)
-    per_tile = jnp.zeros((num_tiles + 1,), jnp.int32).at[key].add(1)[:num_tiles]
-    tile_start = jnp.cumsum(per_tile) - per_tile
+    slot_sorted, per_tile, tile_start = _group_by_tile(key, num_tiles)
     kept = jnp.minimum(per_tile, capacity)
     k = jnp.arange(kpad, dtype=jnp.int32)
     pos = jnp.minimum(tile_start[:, None] + k, budget - 1)
@@ -195,11 +220,11 @@ def _bin_one(means2d, conics, depths, radii, opacities, *, width, height, capaci
 # ----------------------------------------------------------------------------------------------
 
 
-def _pixel_coords(origin):
-    """Pixel centres [Tc, 256, 1] of tiles whose top-left corners are ``origin`` [Tc, 2]."""
-    lin = np.arange(_PIX)
-    lx = jnp.asarray((lin % TILE) + 0.5, jnp.float32)
-    ly = jnp.asarray((lin // TILE) + 0.5, jnp.float32)
+def _pixel_coords(origin, tile=TILE):
+    """Pixel centres [Tc, tile^2, 1] of ``tile`` x ``tile`` tiles whose top-left corners are ``origin`` [Tc, 2]."""
+    lin = np.arange(tile * tile)
+    lx = jnp.asarray((lin % tile) + 0.5, jnp.float32)
+    ly = jnp.asarray((lin // tile) + 0.5, jnp.float32)
     return (origin[:, 0:1] + lx)[..., None], (origin[:, 1:2] + ly)[..., None]
 
 
@@ -383,28 +408,73 @@ def rasterize_xla(
     background: Float[Array, "B C"],
     width: int,
     height: int,
-    tile_capacity: int,
+    tile_capacity: int = 0,
+    *,
+    pair_slots: int | None = None,
 ) -> tuple[Float[Array, "B H W C"], Float[Array, "B H W"], Float[Array, "B H W"], Int[Array, " B"]]:
     """Tile rasterizer in pure XLA: ``(image, alpha, depth, overflow)``.
 
-    Batched, float32 inputs as validated by ``rasterizer_ffi.rasterize``. Each 16x16 tile composites
-    at most ``tile_capacity`` Gaussians (the nearest ones); ``overflow[b]`` counts the dropped
-    (tile, Gaussian) pairs of image b. Differentiable in means2d, conics, depths, opacities, features
-    and background.
+    Batched, float32 inputs as validated by ``rasterizer_ffi.rasterize``. ``tile_capacity=0`` (the
+    default) composites every (tile, Gaussian) pair (``rasterizer_ffi.xla_exact``): the image of the
+    dense reference, ``overflow == 0``. ``tile_capacity=K > 0`` is the opt-in approximation: each 16x16
+    tile composites at most K Gaussians (the nearest ones) and ``overflow[b]`` counts the dropped
+    (tile, Gaussian) pairs of image b (K >= N cannot drop anything and takes the exact path).
+    ``pair_slots`` (exact path): pair slots per Gaussian in one depth segment (default
+    ``xla_exact.SLOTS_PER_GAUSSIAN``); it trades memory for speed and never changes the result (tests
+    lower it to exercise several segments).
+    Differentiable in means2d, conics, depths, opacities, features and background.
     """
+    if isinstance(tile_capacity, bool) or not isinstance(tile_capacity, (int, np.integer)) or tile_capacity < 0:
+        raise ValueError(f"tile_capacity must be an int >= 0 (0 = exact), got {tile_capacity!r}")
+    if pair_slots is None:
+        from rasterizer_ffi.xla_exact import SLOTS_PER_GAUSSIAN as pair_slots
+    if isinstance(pair_slots, bool) or not isinstance(pair_slots, (int, np.integer)) or pair_slots < 1:
+        raise ValueError(f"pair_slots must be an int >= 1, got {pair_slots!r}")
     return _rasterize(means2d, conics, depths, radii, opacities, features, background, int(width), int(height),
-                      int(tile_capacity))
+                      int(tile_capacity), int(pair_slots))
 
 
-@partial(jax.jit, static_argnums=(7, 8, 9))
-def _rasterize(means2d, conics, depths, radii, opacities, features, background, width, height, capacity):
+def _untile(x, bsz, width, height, tile=TILE):
+    """[B * T, tile^2, ...] tiles (row-major) -> [B, H, W, ...]."""
+    tiles_x = -(-width // tile)
+    tiles_y = -(-height // tile)
+    x = x[:bsz * tiles_x * tiles_y].reshape((bsz, tiles_y, tiles_x, tile, tile) + x.shape[2:])
+    x = jnp.swapaxes(x, 2, 3).reshape((bsz, tiles_y * tile, tiles_x * tile) + x.shape[5:])
+    return x[:, :height, :width]
+
+
+@partial(jax.jit, static_argnums=(7, 8, 9, 10))
+def _rasterize(means2d, conics, depths, radii, opacities, features, background, width, height, capacity, slots):
     bsz, n = depths.shape
     ch = features.shape[-1]
     if n == 0:
         image = jnp.broadcast_to(background[:, None, None, :], (bsz, height, width, ch))
         zeros = jnp.zeros((bsz, height, width), jnp.float32)
         return image, zeros, zeros, jnp.zeros((bsz,), jnp.int32)
+    if capacity == 0 or capacity >= n:
+        from rasterizer_ffi.xla_exact import TILE_EXACT, composite_exact
 
+        # A dropped Gaussian (radii 0) enters with opacity 0: never binned, and no gradient reaches it.
+        opac = jnp.where(radii > 0, opacities, 0.0)
+        geo = jnp.concatenate([means2d, conics, opac[..., None]], axis=-1)
+        feat = jnp.concatenate([features, depths[..., None]], axis=-1)
+        acc, t_final, overflow = composite_exact(geo, feat, width, height, slots)
+        tile = TILE_EXACT
+    else:
+        acc, t_final, overflow = _capacity_path(means2d, conics, depths, radii, opacities, features, width,
+                                                height, capacity)
+        tile = TILE
+    acc = _untile(acc, bsz, width, height, tile)
+    t_final = _untile(t_final, bsz, width, height, tile)
+    image = acc[..., :ch] + t_final[..., None] * background[:, None, None, :]
+    return image, 1.0 - t_final, acc[..., ch], overflow.astype(jnp.int32)
+
+
+def _capacity_path(means2d, conics, depths, radii, opacities, features, width, height, capacity):
+    """The fixed-capacity approximation: per-tile accumulators [B * T, 256, C + 1], final transmittance
+    [B * T, 256] and the dropped pairs per image [B]."""
+    bsz, n = depths.shape
+    ch = features.shape[-1]
     tiles_x = -(-width // TILE)
     tiles_y = -(-height // TILE)
     num_tiles = tiles_x * tiles_y
@@ -435,14 +505,4 @@ def _rasterize(means2d, conics, depths, radii, opacities, features, background, 
     inverse = jnp.zeros_like(perm).at[perm].set(jnp.arange(padded, dtype=perm.dtype))
     flat_ids = flat_ids[perm]
     acc, t_final = _composite(geo[flat_ids], feat[flat_ids], origin[perm], count[perm], block, chunk)
-    acc, t_final = acc[inverse], t_final[inverse]
-
-    def untile(x):
-        x = x[:total].reshape((bsz, tiles_y, tiles_x, TILE, TILE) + x.shape[2:])
-        x = jnp.swapaxes(x, 2, 3).reshape((bsz, tiles_y * TILE, tiles_x * TILE) + x.shape[5:])
-        return x[:, :height, :width]
-
-    acc = untile(acc)
-    t_final = untile(t_final)
-    image = acc[..., :ch] + t_final[..., None] * background[:, None, None, :]
-    return image, 1.0 - t_final, acc[..., ch], overflow.astype(jnp.int32)
+    return acc[inverse], t_final[inverse], overflow

@@ -1,5 +1,7 @@
-"""The pure-XLA tile rasterizer (backend="xla") against the dense reference: forward on random and
-degenerate scenes, the per-tile capacity and its overflow count, gradients, jit / vmap / shard_map."""
+"""The pure-XLA tile rasterizer (backend="xla") against the dense reference and the cpu backend: the
+exact default (tile_capacity=0) on random, degenerate and dense scenes (where a fixed capacity
+overflows), in one or several depth segments; the opt-in fixed capacity and its overflow count;
+gradients (dense VJP, finite differences); jit / vmap / shard_map."""
 
 import jax
 import jax.numpy as jnp
@@ -7,14 +9,16 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+import rasterizer_ffi
 from rasterizer_ffi import rasterize
 from rasterizer_ffi import rasterize_dense as _rasterize_dense
 from rasterizer_ffi.testing import batch_scenes, random_scene
+from rasterizer_ffi.xla import rasterize_xla
 
 rasterize_dense = jax.jit(_rasterize_dense, static_argnums=(7, 8))
 
 
-def _xla(*args, capacity=256, **kw):
+def _xla(*args, capacity=0, **kw):
     return rasterize(*args, backend="xla", tile_capacity=capacity, return_overflow=True, **kw)
 
 
@@ -81,13 +85,15 @@ def _border_gaussians(rng, n):
     return _scene(means, conics, rng.uniform(1, 5, n), opac, rng.uniform(0, 1, (n, 3)), [0.3, 0.6, 0.9])
 
 
-def test_hand_made_scene_matches_dense(rng):
+@pytest.mark.parametrize("capacity", [0, 256])
+def test_hand_made_scene_matches_dense(rng, capacity):
     """Binning must not lose any pixel the dense reference composites: Gaussians on tile borders whose
-    cut ellipse passes near neighbouring tiles' pixels, and every kind of degenerate Gaussian."""
+    cut ellipse passes near neighbouring tiles' pixels, and every kind of degenerate Gaussian. Both
+    paths (exact: 8x8 tiles; fixed capacity: 16x16 tiles, none full here)."""
     width, height = 61, 45
     parts = [_degenerate_gaussians(rng), _border_gaussians(rng, 300)]
     scene = tuple(np.concatenate([p[i] for p in parts]) for i in range(6)) + (parts[0][6],)
-    *got, overflow = _xla(*scene, width, height, capacity=512)
+    *got, overflow = _xla(*scene, width, height, capacity=capacity)
     assert int(overflow) == 0
     _close(got, rasterize_dense(*scene, width, height))
 
@@ -229,10 +235,11 @@ def test_check_grads(rng):
     check_grads(f, args, order=1, modes=("rev",), eps=1e-3, rtol=1e-2)
 
 
-def test_jit_vmap_shard_map_equal_plain(rng):
+@pytest.mark.parametrize("capacity", [0, 64])
+def test_jit_vmap_shard_map_equal_plain(rng, capacity):
     scenes = [random_scene(rng, 100, 40, 20, 3) for _ in range(4)]
     batched = batch_scenes(scenes)
-    fn = lambda *a: _xla(*a, 40, 20, capacity=64)  # noqa: E731
+    fn = lambda *a: _xla(*a, 40, 20, capacity=capacity)  # noqa: E731
     plain = fn(*batched)
     jitted = jax.jit(fn)(*batched)
     # vmap over an extra leading axis of already batched inputs
@@ -249,7 +256,7 @@ def test_jit_vmap_shard_map_equal_plain(rng):
         np.testing.assert_array_equal(other[3], plain[3])
 
     def loss(m, o, f, bg):
-        img, a, d, _ = _xla(m, batched[1], batched[2], batched[3], o, f, bg, 40, 20, capacity=64)
+        img, a, d, _ = _xla(m, batched[1], batched[2], batched[3], o, f, bg, 40, 20, capacity=capacity)
         return jnp.sum(img**2) + jnp.sum(a) + jnp.sum(d)
 
     args = (batched[0], batched[4], batched[5], batched[6])
@@ -257,7 +264,7 @@ def test_jit_vmap_shard_map_equal_plain(rng):
 
     def per_image(m, c, d, r, o, f, bg):
         def one(m, o, f, bg):
-            img, a, dd, _ = _xla(m, c, d, r, o, f, bg, 40, 20, capacity=64)
+            img, a, dd, _ = _xla(m, c, d, r, o, f, bg, 40, 20, capacity=capacity)
             return jnp.sum(img**2) + jnp.sum(a) + jnp.sum(dd)
         return jax.grad(one, argnums=(0, 1, 2, 3))(m, o, f, bg)
 
@@ -265,3 +272,115 @@ def test_jit_vmap_shard_map_equal_plain(rng):
     for a, b in zip(g_jit, g_vmap, strict=True):
         assert np.isfinite(np.asarray(a)).all()
         np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# The exact path on scenes where a fixed capacity overflows
+# ----------------------------------------------------------------------------------------------
+
+
+def _veil(rng, n, width, height, channels=3):
+    """``n`` broad, faint Gaussians covering the whole image: every tile holds all of them (a fixed
+    capacity below n overflows everywhere), no pixel reaches the transmittance cut and every alpha is
+    far above the 1/255 cut, so the outputs are smooth in every input (finite differences apply)."""
+    means = np.stack([rng.uniform(0.3, 0.7, n) * width, rng.uniform(0.3, 0.7, n) * height], -1)
+    conics = np.stack([rng.uniform(5e-4, 2e-3, n), rng.uniform(-2e-4, 2e-4, n), rng.uniform(5e-4, 2e-3, n)], -1)
+    depths = rng.permutation(np.linspace(1.0, 4.0, n))  # spaced by 0.01: small steps never reorder them
+    return _scene(means, conics, depths, rng.uniform(0.01, 0.03, n), rng.uniform(0, 1, (n, channels)),
+                  rng.uniform(0, 1, channels))
+
+
+def _dense_scene(rng, width, height):
+    """The veil of 300 Gaussians plus an opaque stack (pixels there reach the cut) and random ones."""
+    parts = [_veil(rng, 300, width, height), _opaque_stack(rng, 40), random_scene(rng, 60, width, height, 3)]
+    parts[1] = parts[1][:5] + (parts[1][5][:, :3],)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(6)) + (parts[0][6],)
+
+
+def test_exact_matches_dense_and_cpu_where_capacity_overflows(rng):
+    """400 Gaussians on every tile: K = 256 drops pairs; the default drops none and equals the dense
+    reference and the cpu backend, forward and VJP (random cotangents on image, alpha and depth), in
+    one depth segment and in several (pair_slots=1), batched."""
+    width, height = 40, 24
+    args = batch_scenes([_dense_scene(rng, width, height) for _ in range(2)])
+    *_, dropped = _xla(*args, width, height, capacity=256)
+    assert (np.asarray(dropped) > 0).all()
+    from rasterizer_ffi.xla_exact import _pair_budget, _prepare
+    budget = _pair_budget(args[2].shape[1], 15, 1)  # 8x8 tiles: 5 x 3
+    opac = np.where(args[3] > 0, args[4], 0.0)
+    segments = jax.vmap(lambda m, c, d, o: _prepare(m, c, d, o, width=width, height=height, budget=budget)[1])(
+        args[0], args[1], args[2], opac)
+    assert int(np.max(segments)) >= 3  # pair_slots=1 below does split the lists
+
+    diff = (0, 1, 2, 4, 5, 6)
+    radii = jnp.asarray(args[3])
+
+    def vjp_of(fn):
+        @jax.jit
+        def run(primals, cot):
+            out, vjp = jax.vjp(lambda m, c, d, o, f, bg: fn(m, c, d, radii, o, f, bg)[:3], *primals)
+            return out, vjp(cot)
+        return run
+
+    runs = {
+        "exact": vjp_of(lambda *a: rasterize_xla(*a, width, height)),
+        "segments": vjp_of(lambda *a: rasterize_xla(*a, width, height, pair_slots=1)),
+        "cpu": vjp_of(lambda *a: rasterize(*a, width, height, backend="cpu")),
+        "dense": vjp_of(lambda *a: _rasterize_dense(*a, width, height)),
+    }
+    primals = tuple(jnp.asarray(args[i]) for i in diff)
+    cot = tuple(jnp.asarray(rng.normal(size=s).astype(np.float32))
+                for s in [(2, height, width, 3), (2, height, width), (2, height, width)])
+    results = {k: fn(primals, cot) for k, fn in runs.items()}
+    overflow = rasterize_xla(*(jnp.asarray(a) for a in args), width, height)[3]
+    np.testing.assert_array_equal(overflow, 0)
+    assert float(np.asarray(results["dense"][0][1]).max()) > 0.9998  # the stack reached the cut
+    names = ["means2d", "conics", "depths", "opacities", "features", "background"]
+    for key in ("exact", "segments"):
+        for want_key in ("dense", "cpu"):
+            (out, got), (out_ref, want) = results[key], results[want_key]
+            _close(out, out_ref, atol=2e-5)
+            for name, g, w in zip(names, got, want, strict=True):
+                g, w = np.asarray(g), np.asarray(w)
+                assert np.isfinite(g).all(), (key, name)
+                scale = max(1.0, float(np.abs(w).max()))
+                np.testing.assert_allclose(g, w, atol=2e-4 * scale, rtol=2e-3, err_msg=f"{key} vs {want_key}: {name}")
+
+
+def test_exact_finite_differences_on_overflowing_scene(rng):
+    """Gradients of the exact path against central finite differences along a random direction of
+    each input, on a smooth scene that a fixed capacity of 256 cannot hold (300 Gaussians on each of
+    6 tiles). Steps are scaled to each input (conics are ~1e-3) and stay below the depth spacing."""
+    width, height = 24, 16
+    m, c, d, r, o, f, bg = (jnp.asarray(x) for x in _veil(rng, 300, width, height))
+    assert int(_xla(m, c, d, r, o, f, bg, width, height, capacity=256)[3]) > 0
+    w = [jnp.asarray(rng.normal(size=s).astype(np.float32)) for s in [(height, width, 3), (height, width)] * 2]
+
+    @jax.jit
+    def loss(m, c, d, o, f, bg):
+        img, alpha, depth, _ = _xla(m, c, d, r, o, f, bg, width, height)
+        return jnp.sum(img * w[0]) + jnp.sum(alpha * w[1]) + jnp.sum(depth * w[3])
+
+    primals = [m, c, d, o, f, bg]
+    grads = jax.grad(loss, argnums=range(6))(*primals)
+    steps = [0.5 * np.ones_like(m), 0.05 * np.asarray(c), 4e-3 * np.ones_like(d), 0.05 * np.asarray(o),
+             0.05 * np.ones_like(f), 0.05 * np.ones_like(bg)]
+    for k, (g, step) in enumerate(zip(grads, steps, strict=True)):
+        v = (step * rng.uniform(-1, 1, size=step.shape)).astype(np.float32)
+        shifted = [lambda sign, k=k, v=v: [x + sign * v if i == k else x for i, x in enumerate(primals)]][0]
+        fd = (float(loss(*shifted(1.0))) - float(loss(*shifted(-1.0)))) / 2.0
+        analytic = float(jnp.sum(g * v))
+        assert abs(fd) > 5e-4, k  # the direction does move the loss
+        assert abs(analytic - fd) <= 1e-2 * abs(fd) + 3e-5, (k, analytic, fd)
+
+
+def test_capacity_argument_errors():
+    n = 4
+    args = (np.zeros((n, 2), np.float32), np.ones((n, 3), np.float32), np.ones(n, np.float32),
+            np.ones(n, np.int32), np.ones(n, np.float32), np.ones((n, 3), np.float32), np.zeros(3, np.float32))
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="tile_capacity"):
+            rasterize(*args, 8, 8, backend="xla", tile_capacity=bad)
+    with pytest.raises(ValueError, match="pair_slots"):
+        rasterize_xla(*(jnp.asarray(a)[None] for a in args), 8, 8, pair_slots=0)
+    assert rasterizer_ffi.DEFAULT_TILE_CAPACITY == 0
