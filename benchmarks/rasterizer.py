@@ -1,17 +1,21 @@
-"""Rasterizer benchmark: forward and forward+backward time of each backend, side by side in one process.
+"""Rasterizer benchmark: every backend side by side in one process, forward and forward + backward.
 
     python benchmarks/rasterizer.py                      # the full grid (several minutes on 2 cores)
-    python benchmarks/rasterizer.py --sizes 256 --gaussians 50000 --channels 32
-    python benchmarks/rasterizer.py --backends cpu,xla,cuda   # on a GPU machine
-    python benchmarks/rasterizer.py --sizes 256 --gaussians 50000 --channels 32 --exact   # + xla without drops
+    python benchmarks/rasterizer.py --sizes 256 --gaussians 50000 --channels 32     # the headline point
+    python benchmarks/rasterizer.py --backends cpu,xla,xla256,cuda                  # on a GPU machine
+    python benchmarks/rasterizer.py --clock process      # CPU time of this process (shared machines)
+
+Backends (``--backends``): ``cpu``, ``cuda``, ``xla`` (the default, exact: every (tile, Gaussian) pair)
+and ``xlaK`` for the opt-in fixed capacity K (``xla256`` is the capacity that was the default before).
 
 Scenes are head-like shells of Gaussians (``rasterizer_ffi.testing.shell_scene``) filling most of the
-image; projection runs once outside the timed region. Times are medians over ``--repeats`` runs after a
-warm-up (compilation excluded). The last columns are the xla/cpu time ratios measured in this run.
-
-At the default capacity the xla backend drops what does not fit in a tile (``xla overflow`` counts the
-dropped pairs), so it does less work than cpu and renders another image. ``--exact`` adds xla at the
-smallest power-of-two capacity that drops nothing (the same image as cpu) and its ratio to cpu.
+image; projection runs once outside the timed region. Times are medians over ``--repeats`` rounds after
+a warm-up (compilation excluded); each round runs every backend once, in turn, so that load from other
+processes falls on all of them alike. ``MiB`` is XLA's memory analysis of the compiled forward +
+backward: arguments + outputs + temporaries (XLA's buffer assignment for the whole program, a bound
+on what is live at once; native kernels' own scratch is not in it). ``overflow`` is what a
+fixed capacity dropped (tile, Gaussian pairs; 0 for exact backends); ``|d img|`` the largest difference
+of its image from the first backend's. The last columns are time ratios measured in this run.
 """
 
 from __future__ import annotations
@@ -32,24 +36,31 @@ import rasterizer_ffi  # noqa: E402
 from rasterizer_ffi.testing import shell_scene  # noqa: E402
 
 
-def _time(fn, args, repeats):
-    jax.block_until_ready(fn(*args))  # compile + warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def parse_backend(name: str) -> tuple[str, int]:
+    """``"xla256"`` -> ("xla", 256); ``"xla"`` -> ("xla", 0) (exact); others -> (name, 0)."""
+    if name.startswith("xla") and name != "xla":
+        digits = name[3:]
+        if not digits.isdigit() or int(digits) < 1:
+            raise ValueError(f"--backends: {name!r} is not xla or xlaK with a capacity K >= 1")
+        return "xla", int(digits)
+    if name not in ("cpu", "cuda", "xla"):
+        raise ValueError(f"--backends: unknown backend {name!r} (cpu, cuda, xla or xlaK)")
+    return name, 0
 
 
-def overflow_at(scene, size, capacity):
-    """The xla backend's dropped (tile, Gaussian) pairs at ``capacity`` (one forward call, untimed)."""
-    m, c, d, r, o, f, bg = (jnp.asarray(x) for x in scene)
-    return int(rasterizer_ffi.rasterize(m, c, d, r, o, f, bg, size, size, backend="xla", tile_capacity=capacity,
-                                        return_overflow=True)[3])
+def _memory_mib(compiled) -> float:
+    ma = compiled.memory_analysis()
+    if ma is None:
+        return float("nan")
+    # ``peak_memory_in_bytes`` reads as arguments + outputs on CPU (no temporaries): add them up instead.
+    total = ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes - ma.alias_size_in_bytes
+    return total / 2**20
 
 
-def bench_one(backend, scene, size, capacity, repeats):
+def prepare(name, scene, size):
+    """Compiled forward and forward + backward of one backend on one scene, its overflow, its image and
+    the memory of the compiled forward + backward."""
+    backend, capacity = parse_backend(name)
     m, c, d, r, o, f, bg = (jnp.asarray(x) for x in scene)
 
     def fwd(m, c, d, o, f):
@@ -60,65 +71,75 @@ def bench_one(backend, scene, size, capacity, repeats):
         img, alpha, depth, _ = fwd(m, c, d, o, f)
         return jnp.sum(img) + jnp.sum(alpha) + jnp.sum(depth)
 
-    fwd_j = jax.jit(fwd)
-    grad_j = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
     args = (m, c, d, o, f)
-    overflow = int(fwd_j(*args)[3])
-    t_fwd = _time(fwd_j, args, repeats)
-    t_both = _time(grad_j, args, repeats)
-    return t_fwd, t_both, overflow
+    fwd_c = jax.jit(fwd).lower(*args).compile()
+    both_c = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))).lower(*args).compile()
+    img, _, _, overflow = fwd_c(*args)
+    jax.block_until_ready(both_c(*args))  # warm up
+    return dict(fwd=fwd_c, both=both_c, args=args, overflow=int(overflow), image=np.asarray(img),
+                mib=_memory_mib(both_c))
+
+
+def time_round_robin(prepared, repeats, clock):
+    """Median time of each backend's forward and forward + backward, running them in turn."""
+    times = {name: {"fwd": [], "both": []} for name in prepared}
+    for _ in range(repeats):
+        for name, p in prepared.items():
+            for which in ("fwd", "both"):
+                t0 = clock()
+                jax.block_until_ready(p[which](*p["args"]))
+                times[name][which].append(clock() - t0)
+    return {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backends", default="cpu,xla")
+    p.add_argument("--backends", default="cpu,xla,xla256", help="comma-separated: cpu, cuda, xla, xlaK")
     p.add_argument("--sizes", default="128,256,512")
     p.add_argument("--gaussians", default="10000,50000,250000")
-    p.add_argument("--channels", default="3,32")
+    p.add_argument("--channels", default="32")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--tile-capacity", type=int, default=rasterizer_ffi.DEFAULT_TILE_CAPACITY)
-    p.add_argument("--exact", action="store_true", help="also time xla at a capacity that drops nothing")
+    p.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="wall-clock time, or CPU time of this process (robust to other jobs; CPU backends only)")
     args = p.parse_args(argv)
-    backends = [b for b in args.backends.split(",") if b]
-    for b in backends:
-        rasterizer_ffi.resolve_backend(b)  # clear error if a native library is missing
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; backends {backends}; "
-          f"xla tile_capacity {args.tile_capacity}; median of {args.repeats}")
+    names = [b for b in args.backends.split(",") if b]
+    for name in names:
+        rasterizer_ffi.resolve_backend(parse_backend(name)[0])  # clear error if a native library is missing
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; backends {names}; {args.clock} time, "
+          f"median of {args.repeats}")
     cols = ["size", "N", "C"]
-    for b in backends:
-        cols += [f"{b} fwd ms", f"{b} fwd+bwd ms"]
-    if "xla" in backends:
-        cols += ["xla overflow"]
-    if {"cpu", "xla"} <= set(backends):
-        cols += ["xla/cpu fwd", "xla/cpu fwd+bwd"]
-    exact = args.exact and {"cpu", "xla"} <= set(backends)
-    if exact:
-        cols += ["exact K", "xla exact fwd+bwd ms", "xla exact/cpu fwd+bwd"]
+    for name in names:
+        cols += [f"{name} fwd ms", f"{name} fwd+bwd ms", f"{name} MiB"]
+    for name in names:
+        if parse_backend(name)[0] == "xla":
+            cols += [f"{name} overflow"]
+    cols += [f"{name} |d img|" for name in names[1:]]
+    ratios = []
+    if "xla" in names:
+        ratios += [("xla", other) for other in names if other != "xla"]
+    cols += [f"{a}/{b} fwd+bwd" for a, b in ratios]
     print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
+    print("|" + "---|" * len(cols), flush=True)
     rng = np.random.default_rng(0)
     for size in (int(s) for s in args.sizes.split(",")):
         for n in (int(s) for s in args.gaussians.split(",")):
             for ch in (int(s) for s in args.channels.split(",")):
                 scene = shell_scene(rng, n, size, ch)
+                prepared = {name: prepare(name, scene, size) for name in names}
+                res = time_round_robin(prepared, args.repeats, clock)
                 row = [str(size), str(n), str(ch)]
-                res = {}
-                for b in backends:
-                    res[b] = bench_one(b, scene, size, args.tile_capacity, args.repeats)
-                    row += [f"{1e3 * res[b][0]:.1f}", f"{1e3 * res[b][1]:.1f}"]
-                if "xla" in backends:
-                    row.append(str(res["xla"][2]))
-                if {"cpu", "xla"} <= set(backends):
-                    row += [f"{res['xla'][0] / res['cpu'][0]:.1f}x", f"{res['xla'][1] / res['cpu'][1]:.1f}x"]
-                if exact:
-                    k, dropped = args.tile_capacity, res["xla"][2]
-                    while dropped > 0 and k < 1 << 16:  # double until nothing is dropped, then time that
-                        k *= 2
-                        dropped = overflow_at(scene, size, k)
-                    t_exact = bench_one("xla", scene, size, k, args.repeats)[1] if k != args.tile_capacity \
-                        else res["xla"][1]
-                    row += [str(k), f"{1e3 * t_exact:.1f}", f"{t_exact / res['cpu'][1]:.1f}x"]
+                for name in names:
+                    row += [f"{1e3 * res[name]['fwd']:.1f}", f"{1e3 * res[name]['both']:.1f}",
+                            f"{prepared[name]['mib']:.0f}"]
+                for name in names:
+                    if parse_backend(name)[0] == "xla":
+                        row.append(str(prepared[name]["overflow"]))
+                first = prepared[names[0]]["image"]
+                row += [f"{np.abs(prepared[name]['image'] - first).max():.1e}" for name in names[1:]]
+                row += [f"{res[a]['both'] / res[b]['both']:.2f}x" for a, b in ratios]
                 print("| " + " | ".join(row) + " |", flush=True)
+                del prepared
 
 
 if __name__ == "__main__":
