@@ -61,7 +61,9 @@ def prepare(name, scene, size):
     """Compiled forward and forward + backward of one backend on one scene, its overflow, its image and
     the memory of the compiled forward + backward."""
     backend, capacity = parse_backend(name)
-    m, c, d, r, o, f, bg = (jnp.asarray(x) for x in scene)
+    # cpu runs on the host, the others on the default device (the GPU on a GPU machine).
+    device = jax.devices("cpu")[0] if backend == "cpu" else jax.devices()[0]
+    m, c, d, r, o, f, bg = (jax.device_put(x, device) for x in scene)
 
     def fwd(m, c, d, o, f):
         return rasterizer_ffi.rasterize(m, c, d, r, o, f, bg, size, size, backend=backend,

@@ -325,13 +325,17 @@ def test_exact_matches_dense_and_cpu_where_capacity_overflows(rng):
     runs = {
         "exact": vjp_of(lambda *a: rasterize_xla(*a, width, height)),
         "segments": vjp_of(lambda *a: rasterize_xla(*a, width, height, pair_slots=1)),
-        "cpu": vjp_of(lambda *a: rasterize(*a, width, height, backend="cpu")),
         "dense": vjp_of(lambda *a: _rasterize_dense(*a, width, height)),
     }
     primals = tuple(jnp.asarray(args[i]) for i in diff)
     cot = tuple(jnp.asarray(rng.normal(size=s).astype(np.float32))
                 for s in [(2, height, width, 3), (2, height, width), (2, height, width)])
     results = {k: fn(primals, cot) for k, fn in runs.items()}
+    cpu = jax.devices("cpu")[0]
+    with jax.default_device(cpu):  # the cpu backend on the host, also where the default device is a GPU
+        radii = jax.device_put(radii, cpu)
+        results["cpu"] = vjp_of(lambda *a: rasterize(*a, width, height, backend="cpu"))(
+            jax.device_put(primals, cpu), jax.device_put(cot, cpu))
     overflow = rasterize_xla(*(jnp.asarray(a) for a in args), width, height)[3]
     np.testing.assert_array_equal(overflow, 0)
     assert float(np.asarray(results["dense"][0][1]).max()) > 0.9998  # the stack reached the cut
