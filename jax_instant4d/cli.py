@@ -36,9 +36,23 @@ def _commands():
     return cmds
 
 
+def _setup_logging() -> None:
+    """The package's log messages (``logging.getLogger("jax_instant4d...")``) go to stderr, one line each."""
+    import logging
+
+    logger = logging.getLogger("jax_instant4d")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     from jax_instant4d.config import ConfigError, split_config_args
 
+    _setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         argv, overrides = split_config_args(argv)
@@ -58,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"instant4d: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"instant4d {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

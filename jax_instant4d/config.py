@@ -48,6 +48,9 @@ def _data_defaults() -> ConfigDict:
         "read_threads": 2,  # decoding threads per process
         "prefetch": 2,  # batches buffered (per worker)
         "shuffle_seed": 0,
+        # multi-process runs: process 0 prepares a missing synthetic_heads dataset and the others wait for it
+        # this long (seconds; through the coordination service) before giving up
+        "ready_timeout_s": 3600,
         # photometric: one gain for source + targets, gain / contrast (and per-channel colour) jitter of each
         # driving frame; crop: random shifts with the principal point moved along
         "augment": ConfigDict({"photometric": False, "crop": False, "max_shift": 4,
@@ -199,6 +202,18 @@ def _train_defaults() -> ConfigDict:
         "eval_batches": 4,
         "eval_batch_size": 8,
         "progress": True,  # console progress bar (process 0)
+        # resuming from a checkpoint without this process layout's data-iterator state is an error unless this
+        # is true (then the data stream starts afresh: another order of examples than the interrupted run's)
+        "allow_fresh_data_order": False,
+        # JAX's persistent compilation cache: "user" (~/.cache/jax_instant4d/xla, or JAX_COMPILATION_CACHE_DIR
+        # if set), "workdir" (WORKDIR/xla_cache), "" = off, or a folder
+        "compilation_cache": "user",
+        # jax.distributed (seconds): all processes must connect within init_timeout_s; a process without a
+        # heartbeat for heartbeat_timeout_s is declared dead and the others exit (status 75) naming it;
+        # shutdown_timeout_s bounds the barrier at exit
+        "init_timeout_s": 300,
+        "heartbeat_timeout_s": 60,
+        "shutdown_timeout_s": 60,
     })
 
 

@@ -15,15 +15,20 @@
 #                        it receives the arguments above plus --coordinator_address, --num_processes
 #                        and --process_id
 #   JAX_PLATFORMS        default "cpu" (set it to "" to let each process pick accelerators)
+#   GRACE                seconds between SIGTERM and SIGKILL when stopping the others (default 10)
 #
-# Process 0's output is shown and also written to LOG_DIR/process_0.log. If any process fails, the
-# others are stopped. Ctrl-C or SIGTERM is forwarded to every process as SIGTERM, which makes them
-# write a checkpoint at a step they agree on and exit (preemption). Exit status: the first failure's,
-# else 0.
-set -euo pipefail
+# Process 0's output is shown and also written to LOG_DIR/process_0.log.
+#
+# Contract: when any process exits non-zero, the others get SIGTERM, then SIGKILL after GRACE seconds
+# (default 10), and the launcher exits with that first failure's status. SIGTERM or Ctrl-C to the
+# launcher is forwarded as SIGTERM to the live processes (each writes a checkpoint at a step they agree
+# on, then exits); the launcher waits for them and exits with the first non-zero status, else 0. A
+# second Ctrl-C / SIGTERM kills them at once. The processes run in their own sessions (setsid), so a
+# terminal's Ctrl-C reaches them only through the launcher.
+set -uo pipefail
 
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
-  sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 N=$1
@@ -32,62 +37,83 @@ shift
 PYTHON=${PYTHON:-python3}
 DEVICES_PER_PROCESS=${DEVICES_PER_PROCESS:-1}
 LOG_DIR=${LOG_DIR:-workdirs/local_logs}
+GRACE=${GRACE:-10}
 ENTRY=${INSTANT4D_ENTRY:-"$PYTHON -m jax_instant4d.cli train"}
 if [[ -z "${PORT:-}" ]]; then
-  PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') || exit 1
 fi
 export JAX_PLATFORMS=${JAX_PLATFORMS-cpu}
-mkdir -p "$LOG_DIR"
+mkdir -p "$LOG_DIR" || exit 1
+SETSID=()
+command -v setsid > /dev/null && SETSID=(setsid)
 
-declare -a PIDS=()
-stop_all() {  # $1: signal
+say() { echo "launch/local.sh: $*" >&2; }
+
+declare -a PIDS=()   # index = process id; emptied when that process has been reaped
+signals=0
+on_signal() {
+  signals=$((signals + 1))
+  if [[ $signals -eq 1 ]]; then
+    say "stopping: SIGTERM to the live processes (they checkpoint and exit; again to kill them)"
+    signal_live TERM
+  else
+    signal_live KILL
+  fi
+}
+signal_live() {  # $1: signal
+  local pid
   for pid in "${PIDS[@]}"; do
-    kill -s "$1" "$pid" 2>/dev/null || true
+    [[ -n "$pid" ]] && kill -s "$1" "$pid" 2>/dev/null
   done
 }
-trap 'stop_all TERM' INT TERM
+trap on_signal INT TERM
 
 for ((i = 0; i < N; i++)); do
   log="$LOG_DIR/process_$i.log"
   # shellcheck disable=SC2086  # ENTRY is a command line
   if [[ $i -eq 0 ]]; then
     XLA_FLAGS="--xla_force_host_platform_device_count=$DEVICES_PER_PROCESS ${XLA_FLAGS:-}" \
-      $ENTRY "$@" --coordinator_address "127.0.0.1:$PORT" --num_processes "$N" --process_id "$i" \
+      "${SETSID[@]}" $ENTRY "$@" --coordinator_address "127.0.0.1:$PORT" --num_processes "$N" --process_id "$i" \
       > >(tee "$log") 2>&1 &
   else
     XLA_FLAGS="--xla_force_host_platform_device_count=$DEVICES_PER_PROCESS ${XLA_FLAGS:-}" \
-      $ENTRY "$@" --coordinator_address "127.0.0.1:$PORT" --num_processes "$N" --process_id "$i" \
+      "${SETSID[@]}" $ENTRY "$@" --coordinator_address "127.0.0.1:$PORT" --num_processes "$N" --process_id "$i" \
       > "$log" 2>&1 &
   fi
-  PIDS+=($!)
+  PIDS[i]=$!
 done
-echo "launch/local.sh: $N processes (${DEVICES_PER_PROCESS} device(s) each), coordinator 127.0.0.1:$PORT," \
-  "logs in $LOG_DIR" >&2
+say "$N processes (${DEVICES_PER_PROCESS} device(s) each), coordinator 127.0.0.1:$PORT, logs in $LOG_DIR"
 
+# Poll instead of `wait -n`: a child that bash has already reaped makes `wait -n PID...` fail at once,
+# and looping on that spins forever. `kill -0` tells whether a process is still there; `wait PID`
+# then returns its saved exit status, also when it was reaped long ago.
 status=0
-remaining=$N
-while [[ $remaining -gt 0 ]]; do
-  finished=""
-  set +e
-  wait -n -p finished "${PIDS[@]}"
-  code=$?
-  set -e
-  if [[ -z "${finished:-}" ]]; then  # interrupted by a trapped signal: keep waiting for the processes
-    continue
-  fi
-  remaining=$((remaining - 1))
-  declare -a LEFT=()
-  for pid in "${PIDS[@]}"; do
-    [[ "$pid" != "$finished" ]] && LEFT+=("$pid")
+live=$N
+deadline=""
+while [[ $live -gt 0 ]]; do
+  for ((i = 0; i < N; i++)); do
+    pid=${PIDS[i]}
+    [[ -z "$pid" ]] && continue
+    kill -0 "$pid" 2>/dev/null && continue
+    wait "$pid" 2>/dev/null
+    code=$?
+    PIDS[i]=""
+    live=$((live - 1))
+    if [[ $code -ne 0 && $status -eq 0 ]]; then
+      status=$code
+      if [[ $live -gt 0 ]]; then
+        say "process $i (pid $pid) exited with $code; stopping the others (SIGKILL after ${GRACE} s)"
+        signal_live TERM
+        deadline=$((SECONDS + GRACE))
+      fi
+    fi
   done
-  PIDS=("${LEFT[@]+"${LEFT[@]}"}")
-  if [[ $code -ne 0 && $status -eq 0 ]]; then
-    status=$code
-    echo "launch/local.sh: process $finished exited with $code; stopping the others" >&2
-    stop_all TERM
-    sleep 5
-    stop_all KILL
+  if [[ -n "$deadline" && $SECONDS -ge $deadline && $live -gt 0 ]]; then
+    say "still running after ${GRACE} s: SIGKILL"
+    signal_live KILL
+    deadline=""
   fi
+  [[ $live -gt 0 ]] && sleep 0.2
 done
-wait || true
+wait 2>/dev/null  # the tee of process 0
 exit "$status"

@@ -7,7 +7,9 @@
 #   launch/tpu_vm.sh setup      # copy this checkout to every host and install it
 #   launch/tpu_vm.sh train      # start training on every host (in the background, logs in ~/instant4d.log)
 #   launch/tpu_vm.sh logs       # follow host 0's log
+#   launch/tpu_vm.sh status     # per host: running, or the exit status of the last run
 #   launch/tpu_vm.sh stop       # SIGTERM on every host: a checkpoint at an agreed step, then exit
+#                               # (SIGKILL after GRACE seconds for a host that is still running)
 #   launch/tpu_vm.sh delete     # delete the slice
 #
 # Variables (all but PROJECT have defaults):
@@ -22,6 +24,13 @@
 #                  (checkpoints are written by all hosts)     (default: /mnt/instant4d/workdirs/full)
 #   OVERRIDES      extra config overrides, e.g. "--config.train.mesh=(1,-1,1)"
 #   REMOTE_DIR     where the code goes on each host           (default: ~/jax_instant4d)
+#   GRACE          seconds between SIGTERM and SIGKILL in `stop` (default: 120)
+#
+# Contract (as far as separate hosts allow; see launch/local.sh): a host whose process dies makes the
+# others exit within train.heartbeat_timeout_s (JAX's coordination service declares it dead; each
+# survivor logs which process is gone and exits with status 75); `status` shows every host's exit
+# status (~/instant4d.rc); `stop` forwards SIGTERM and kills what is left after GRACE seconds.
+# data.data_dir must be a path every host sees (a gcsfuse bucket mount or NFS), like WORKDIR.
 #
 # Spot slices and maintenance events send SIGTERM; JAX's preemption notifier turns it into a
 # checkpoint at a step all hosts agree on. Re-run `train` on the recreated slice to resume from the
@@ -58,20 +67,27 @@ case "${1:-}" in
       pip install -U 'jax[tpu]>=0.10,<0.11' && INSTANT4D_CUDA=0 pip install -e ."
     ;;
   train)
-    on_all "cd $REMOTE_DIR && nohup python -m jax_instant4d.cli train --config $CONFIG --workdir $WORKDIR \
-      --distributed on $OVERRIDES > ~/instant4d.log 2>&1 & echo \$! > ~/instant4d.pid"
+    on_all "cd $REMOTE_DIR && rm -f ~/instant4d.rc && nohup sh -c 'python -m jax_instant4d.cli train \
+      --config $CONFIG --workdir $WORKDIR --distributed on $OVERRIDES; echo \$? > ~/instant4d.rc' \
+      > ~/instant4d.log 2>&1 & echo \$! > ~/instant4d.pid"
     ;;
   logs)
     tpu ssh "$TPU_NAME" --worker=0 --command "tail -f ~/instant4d.log"
     ;;
+  status)
+    on_all "if [ -f ~/instant4d.rc ]; then echo \"\$(hostname): exited with \$(cat ~/instant4d.rc)\"; \
+      else echo \"\$(hostname): running\"; fi"
+    ;;
   stop)
-    on_all "kill -TERM \$(cat ~/instant4d.pid) 2>/dev/null || true"
+    # SIGTERM to the training process (the child of the sh wrapper), then SIGKILL after GRACE seconds
+    on_all "pkill -TERM -P \$(cat ~/instant4d.pid) 2>/dev/null; for i in \$(seq ${GRACE:-120}); do \
+      pgrep -P \$(cat ~/instant4d.pid) > /dev/null || exit 0; sleep 1; done; pkill -KILL -P \$(cat ~/instant4d.pid)"
     ;;
   delete)
     tpu delete "$TPU_NAME" --quiet
     ;;
   *)
-    sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -37,9 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from jax_instant4d.config import get_config
+    from jax_instant4d.data.pipeline import check_data_config
 
     cfg = get_config(args.config, overrides)
     cmd = args.data_command
+    check_data_config(cfg, need_dataset=cmd == "sheet")  # one line naming the key (exit 2) before any work
     if cmd == "synth":
         from jax_instant4d.data.pipeline import dataset_path, ensure_dataset
 

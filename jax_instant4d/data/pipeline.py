@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,6 +50,50 @@ def resolve_split(split: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Datasets on disk
 # --------------------------------------------------------------------------------------------------
+
+
+DATASETS = ("synthetic_heads", "teacher_clips")
+
+
+def check_data_config(cfg, need_dataset: bool = True) -> None:
+    """Checks ``cfg.data`` without reading any data; raises ``ConfigError`` naming the key and what is
+    allowed. ``need_dataset``: a ``teacher_clips`` dataset (which only ``instant4d data ingest`` makes)
+    must already exist."""
+    from jax_instant4d.config import ConfigError
+
+    d = cfg.data
+
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            raise ConfigError(f"data.{key}={d[key]!r}: {rule}")
+
+    def integer(key: str, low: int) -> None:
+        v = d[key]
+        need(isinstance(v, int) and not isinstance(v, bool) and v >= low, key, f"must be an integer >= {low}")
+
+    need(d.dataset in DATASETS, "dataset", f"allowed: {', '.join(DATASETS)}")
+    need(d.image_format in record.IMAGE_FORMATS, "image_format", f"allowed: {', '.join(record.IMAGE_FORMATS)}")
+    need(isinstance(d.jpeg_quality, int) and 1 <= d.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100")
+    for key, low in (("resolution", 8), ("num_identities", 2), ("clips_per_identity", 1), ("time_steps", 1),
+                     ("views", 1), ("targets_per_example", 1), ("read_threads", 1), ("prefetch", 1),
+                     ("heldout_identities", 0), ("num_workers", 0), ("ready_timeout_s", 1)):
+        integer(key, low)
+    need(d.heldout_identities < d.num_identities, "heldout_identities",
+         f"must be below data.num_identities={d.num_identities} (some identities must be left to train on)")
+    a = d.augment
+    for key in ("brightness", "contrast", "color"):
+        if not 0.0 <= float(a[key]) < 1.0:
+            raise ConfigError(f"data.augment.{key}={a[key]!r}: must be in [0, 1)")
+    if int(a.max_shift) < 0:
+        raise ConfigError(f"data.augment.max_shift={a.max_shift!r}: must be >= 0")
+    if need_dataset and d.dataset == "teacher_clips":
+        from jax_instant4d.data import builders
+
+        path = dataset_path(cfg)
+        if not builders.is_complete(path):
+            raise ConfigError(f"data.dataset='teacher_clips': no dataset at {path}; run `instant4d data ingest SRC "
+                              f"--out {d.data_dir} --config.data.resolution={d.resolution}` first (or set "
+                              "data.data_dir to where it is)")
 
 
 def dataset_path(cfg) -> Path:
@@ -268,11 +314,26 @@ def make_dataset(cfg, split: str, batch_size: int, process_index: int | None = N
     if int(d.num_workers) > 0:
         _grain_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(d.num_workers),
-                                                         per_worker_buffer_size=max(1, int(d.prefetch))))
+                                                         per_worker_buffer_size=max(1, int(d.prefetch))),
+                            worker_init_fn=die_with_parent)
         # Batches from workers live in shared memory blocks; plain copies free those blocks at once (a
         # block still referenced at interpreter exit makes grain print errors and leak warnings).
         it = it.map(_plain_arrays)
     return it
+
+
+def die_with_parent(worker_index: int, worker_count: int, poll_s: float = 1.0) -> None:
+    """Runs in each grain worker process: a thread that ends the worker once its parent is gone (a parent
+    killed with -9 runs no clean-up, and its workers would otherwise live on)."""
+    del worker_index, worker_count
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="instant4d-parent-watch", daemon=True).start()
 
 
 def _plain_arrays(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

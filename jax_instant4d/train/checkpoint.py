@@ -8,10 +8,17 @@ Saves are asynchronous (the step loop continues while arrays are written); only 
 listed, so resuming always starts from the latest complete checkpoint. Kept: the last
 ``keep`` checkpoints plus the best by held-out PSNR. Restoring takes an abstract state whose leaves
 carry the shardings wanted now, so a checkpoint written on one mesh restores onto another.
+
+A checkpoint that cannot be read (a truncated or altered array file, a missing manifest or metadata,
+an emptied step folder) raises :class:`CheckpointDamaged` naming the step and the file; one whose
+arrays do not have this model's names and shapes raises :class:`CheckpointError` ("does not match").
+:meth:`Checkpointer.set_aside` moves a damaged step out of the way (``checkpoints.damaged/``).
 """
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +47,53 @@ def _register_array_handler() -> None:
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that does not match the model being trained."""
+    """A checkpoint that does not match the model being trained (or cannot be used for this run)."""
+
+
+class CheckpointDamaged(CheckpointError):
+    """A checkpoint whose files cannot be read: ``step`` and ``file`` (relative to the step folder)."""
+
+    def __init__(self, directory: Any, step: int, file: str, reason: str):
+        self.step, self.file, self.reason = int(step), file, reason
+        super().__init__(f"checkpoint step {step} in {directory} is damaged: {file}: {reason}")
+
+
+def _key_name(entry: Any) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``{"params/encoder/kernel": shape}`` of every array-like leaf (metadata or ShapeDtypeStruct)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        shape = getattr(leaf, "shape", None)
+        if shape is not None:
+            out["/".join(_key_name(k) for k in path)] = tuple(int(d) for d in shape)
+    return out
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    text = re.sub(r"\s*\[tensorstore_spec=.*$", "", text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _file_in(message: str, step_dir: Path) -> str | None:
+    """The file (relative to ``step_dir``) and array an orbax / tensorstore error message is about."""
+    key = re.search(r'"([^"]+)" in OCDBT database', message)
+    quoted = [q.rstrip("\\") for q in re.findall(r'"([^"]+)"', message)]
+    inside = [q for q in quoted if q.startswith(str(step_dir) + "/")]
+    inside = [str(Path(q).relative_to(step_dir)) for q in inside]
+    local = max((q for q in inside if Path(q).name), key=len, default=None)
+    array = key.group(1).split("/")[0] if key else None
+    if local and array and local.rstrip("/") != "state":
+        return f"{local} (array {array})"
+    if array:
+        return f"state/ (array {array})"
+    return local
 
 
 def _to_saveable(state: TrainState) -> dict[str, Any]:
@@ -91,19 +144,66 @@ class Checkpointer:
         import grain.checkpoint as gckpt
 
         target = _to_saveable(abstract_state)
+        self.check_matches(step, target)
         data_ok = False
         items = {"state": ocp.args.StandardRestore(target)}
         if data_iterator is not None and self._has_data_for_this_process(step):
             items["data"] = gckpt.CheckpointRestore(data_iterator)
             data_ok = True
+        step_dir = Path(str(self.directory / str(int(step))))
         try:
             restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint step {step} in {self.directory} does not match this model/config: "
-                                  f"{e}") from e
+        except Exception as e:  # tensorstore, zstd, json, orbax: every failure to read the files
+            text = str(e)
+            raise CheckpointDamaged(self.directory, step, _file_in(text, step_dir) or "state",
+                                    _first_line(e)) from e
         d = dict(restored["state"])
         d.setdefault("ema", None)
         return TrainState.from_dict(d), data_ok
+
+    def check_matches(self, step: int, target: Any) -> None:
+        """Compares the saved arrays' names and shapes with ``target``'s: :class:`CheckpointError` if they
+        differ, :class:`CheckpointDamaged` if the step's metadata cannot be read."""
+        step_dir = self.directory / str(int(step))
+        meta_file = step_dir / "state" / "_METADATA"
+        if not meta_file.exists():
+            missing = "state/_METADATA" if (step_dir / "state").exists() else "state/"
+            raise CheckpointDamaged(self.directory, step, missing, "missing")
+        if (step_dir / "state" / "_sharding").exists() and not (step_dir / "state" / "manifest.ocdbt").exists():
+            raise CheckpointDamaged(self.directory, step, "state/manifest.ocdbt", "missing")
+        try:
+            meta = ocp.StandardCheckpointHandler().metadata(step_dir / "state")
+        except Exception as e:  # an empty or cut metadata file, an unreadable array description
+            where = _file_in(str(e), Path(str(step_dir))) or "state/_METADATA"
+            raise CheckpointDamaged(self.directory, step, where, _first_line(e)) from e
+        tree = getattr(meta, "tree", meta)
+        saved, wanted = _leaf_shapes(tree), _leaf_shapes(target)
+        if not saved:
+            raise CheckpointDamaged(self.directory, step, "state/_METADATA", "lists no arrays")
+        for name in sorted(set(saved) | set(wanted)):
+            if saved.get(name) != wanted.get(name):
+                have = "absent" if name not in saved else f"shape {saved[name]}"
+                want = "absent" if name not in wanted else f"shape {wanted[name]}"
+                raise CheckpointError(f"checkpoint step {step} in {self.directory} does not match this model/config: "
+                                      f"{name} is {have} in the checkpoint, {want} in the model")
+
+    def set_aside(self, step: int) -> Path:
+        """Moves the folder of ``step`` to ``<checkpoints>.damaged/<step>-<UTC time>`` (kept for inspection)
+        and forgets it; returns the new place. Call on one process (process 0)."""
+        src = Path(str(self.directory / str(int(step))))
+        dst_root = src.parent.parent / f"{src.parent.name}.damaged"
+        dst_root.mkdir(parents=True, exist_ok=True)
+        dst = dst_root / f"{int(step)}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        n = 1
+        while dst.exists():
+            dst = dst.with_name(f"{dst.name.split('.')[0]}.{n}")
+            n += 1
+        src.rename(dst)
+        return dst
+
+    def reload(self) -> None:
+        """Re-reads which steps exist (after another process moved one aside)."""
+        self.manager.reload()
 
     def saved_config(self, step: int) -> dict[str, Any]:
         return dict(self.manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])

@@ -1,4 +1,5 @@
-"""Multi-process set-up (``jax.distributed``) and preemption notices.
+"""Multi-process set-up (``jax.distributed``), waiting for process 0, lost peers, preemption notices and
+the persistent compilation cache.
 
 This is, with the launchers, the only place that reads the environment. Call :func:`initialize`
 first thing in ``main()``, before anything touches a JAX device (never at import: grain worker
@@ -7,11 +8,22 @@ processes re-import modules).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 import jax
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class DistributedError(RuntimeError):
+    """Another process failed, vanished, or did not answer in time."""
 
 
 def detect_cluster() -> str | None:
@@ -34,11 +46,15 @@ def detect_cluster() -> str | None:
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, mode: str = "auto") -> bool:
+               process_id: int | None = None, mode: str = "auto", *, init_timeout_s: int = 300,
+               heartbeat_timeout_s: int = 60, shutdown_timeout_s: int = 60) -> bool:
     """Starts ``jax.distributed`` when asked or when a cluster is detected; returns whether it did.
 
     ``mode``: ``"auto"`` (explicit arguments, else a detected cluster), ``"on"`` (always: JAX then
     detects the cluster itself, e.g. on TPU VMs, whose metadata server it queries) or ``"off"``.
+    Timeouts (seconds; ``train.init_timeout_s`` / ``heartbeat_timeout_s`` / ``shutdown_timeout_s``):
+    waiting for every process to connect; a process that sends no heartbeat for this long is declared
+    dead and the others stop; the barrier at exit.
     """
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"distributed mode must be auto, on or off, got {mode!r}")
@@ -46,16 +62,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         return False
     if jax.distributed.is_initialized():
         return True
+    timeouts = dict(initialization_timeout=int(init_timeout_s), heartbeat_timeout_seconds=int(heartbeat_timeout_s),
+                    shutdown_timeout_seconds=int(shutdown_timeout_s))
     explicit = coordinator_address is not None or num_processes is not None or process_id is not None
     if explicit:
         if coordinator_address is None or num_processes is None or process_id is None:
             raise ValueError("--coordinator_address, --num_processes and --process_id go together")
         if int(num_processes) == 1:
             return False
-        jax.distributed.initialize(coordinator_address, int(num_processes), int(process_id))
+        jax.distributed.initialize(coordinator_address, int(num_processes), int(process_id), **timeouts)
         return True
     if mode == "on" or detect_cluster():
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
         return True
     return False
 
@@ -93,3 +111,164 @@ class PreemptionWatcher:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Process 0 prepares, the others wait (through the coordination service, never a device collective)
+# --------------------------------------------------------------------------------------------------
+
+
+def _client():
+    from jax._src import distributed as jd  # the coordination-service client JAX itself uses
+
+    client = jd.global_state.client
+    if client is None:
+        raise DistributedError("jax.distributed is not initialised")
+    return client
+
+
+def lead_prepares(name: str, prepare: Callable[[], T], timeout_s: float) -> T | None:
+    """Process 0 runs ``prepare()`` and publishes the outcome under ``name`` in the coordination
+    service's key-value store; every other process waits for it (at most ``timeout_s`` seconds).
+
+    Waiting is a key-value lookup, not a collective, so it does not time out after gloo's 30 s while
+    process 0 works for minutes. If ``prepare`` raises on process 0, the others raise
+    :class:`DistributedError` with its message at once. Returns ``prepare()``'s result on process 0
+    and ``None`` elsewhere. With one process, just ``prepare()``.
+    """
+    if jax.process_count() == 1:
+        return prepare()
+    key = f"instant4d/{name}"
+    client = _client()
+    if jax.process_index() == 0:
+        try:
+            result = prepare()
+        except BaseException as e:
+            client.key_value_set(key, f"error: {type(e).__name__}: {e}".splitlines()[0], allow_overwrite=True)
+            raise
+        client.key_value_set(key, "ok", allow_overwrite=True)
+        return result
+    log.info("process %d: waiting for process 0 to prepare %s (at most %.0f s)", jax.process_index(), name,
+             timeout_s)
+    try:
+        value = client.blocking_key_value_get(key, int(timeout_s * 1000))
+    except Exception as e:  # the coordination service raises its own error types
+        if "DEADLINE_EXCEEDED" in str(e) or "timed out" in str(e).lower():
+            raise DistributedError(f"process {jax.process_index()}: process 0 did not finish preparing {name} "
+                                   f"within {timeout_s:.0f} s") from None
+        raise DistributedError(f"process {jax.process_index()}: lost contact with process 0 while waiting "
+                               f"for {name}: {str(e).splitlines()[0]}") from None
+    if value != "ok":
+        raise DistributedError(f"process {jax.process_index()}: process 0 failed to prepare {name}: "
+                               f"{value.removeprefix('error: ')}")
+    return None
+
+
+def all_flags(name: str, flag: bool, timeout_s: float) -> list[bool]:
+    """Every process's ``flag`` (index = process), exchanged through the key-value store under a
+    ``name`` unique to this exchange. With one process: ``[flag]``."""
+    if jax.process_count() == 1:
+        return [bool(flag)]
+    client = _client()
+    client.key_value_set(f"instant4d/{name}/{jax.process_index()}", "1" if flag else "0", allow_overwrite=True)
+    out = []
+    for i in range(jax.process_count()):
+        try:
+            out.append(client.blocking_key_value_get(f"instant4d/{name}/{i}", int(timeout_s * 1000)) == "1")
+        except Exception as e:  # the coordination service raises its own error types
+            raise DistributedError(f"process {jax.process_index()}: no answer from process {i} for {name} within "
+                                   f"{timeout_s:.0f} s ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                                   ) from None
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Lost peers
+# --------------------------------------------------------------------------------------------------
+
+
+class PeerWatchdog:
+    """Ends this process with a one-line message when another process of the run is gone.
+
+    A process killed with -9 (or by the OOM killer) leaves the others blocked in a collective. The
+    coordination service declares it dead after ``heartbeat_timeout_s`` without a heartbeat; this
+    thread asks the service every ``poll_s`` seconds which processes are alive and, when one is missing
+    (or process 0, which hosts the service, no longer answers), logs which and exits with status
+    ``exit_code`` (the blocked main thread cannot unwind). Without ``jax.distributed``: does nothing.
+    """
+
+    def __init__(self, distributed: bool, poll_s: float = 2.0, exit_code: int = 75):
+        self._stop = threading.Event()
+        self._thread = None
+        self.poll_s, self.exit_code = float(poll_s), int(exit_code)
+        if distributed and jax.process_count() > 1:
+            self._thread = threading.Thread(target=self._run, name="instant4d-peer-watchdog", daemon=True)
+            self._thread.start()
+
+    def _lost(self) -> str | None:
+        n, me = jax.process_count(), jax.process_index()
+        try:
+            live = _client().get_live_nodes(list(range(n)))
+        except Exception as e:  # the service (process 0) is gone, or this call is unsupported
+            text = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "UNIMPLEMENTED" in text:
+                self._stop.set()
+                return None
+            return f"process 0 (the coordinator) does not answer ({text})" if me != 0 else None
+        missing = sorted(set(range(n)) - {int(k) for k in live})
+        if missing:
+            return f"process(es) {', '.join(map(str, missing))} of {n} stopped (no heartbeat)"
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            lost = self._lost()
+            if lost and not self._stop.is_set():
+                log.error("process %d: %s; stopping (rerun the same command to resume from the last complete "
+                          "checkpoint)", jax.process_index(), lost)
+                logging.shutdown()
+                os._exit(self.exit_code)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+# --------------------------------------------------------------------------------------------------
+# Persistent compilation cache
+# --------------------------------------------------------------------------------------------------
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/jax_instant4d`` (default ``~/.cache/jax_instant4d``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "jax_instant4d"
+
+
+def enable_compilation_cache(setting: str, workdir: str | os.PathLike) -> Path | None:
+    """Turns on JAX's persistent compilation cache per ``train.compilation_cache``.
+
+    ``"user"`` (default): ``user_cache_dir()/xla``, shared by every run of this user, so a rerun, a
+    resume or another work directory with the same shapes skips compilation; ``"workdir"``:
+    ``WORKDIR/xla_cache``; ``""`` / ``"off"``: off; anything else: that folder. A cache folder JAX was
+    already given (``JAX_COMPILATION_CACHE_DIR``) is kept unless the setting names a folder. Returns the
+    folder in use (``None`` when off). Call before the first compilation.
+    """
+    setting = str(setting).strip()
+    if setting.lower() in ("", "off", "none", "false"):
+        return None
+    current = jax.config.jax_compilation_cache_dir
+    if setting == "user":
+        if current:
+            return Path(current)
+        path = user_cache_dir() / "xla"
+    elif setting == "workdir":
+        path = Path(workdir) / "xla_cache"
+    else:
+        path = Path(setting).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    if str(path) != current:
+        jax.config.update("jax_compilation_cache_dir", str(path))
+    # cache every program the step loop compiles (JAX's default skips those under a second)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+

@@ -73,10 +73,38 @@ def _import_summary_writer():
     return SummaryWriter
 
 
-class MetricWriter:
-    """Scalars and images to TensorBoard and ``metrics.jsonl`` in ``workdir`` (process 0 only)."""
+def truncate_metrics(path: str | Path, last_step: int) -> int:
+    """Drops the records of ``metrics.jsonl`` after ``last_step`` (and lines cut by a kill), so a run
+    resumed from the checkpoint of ``last_step`` logs each later step once. Returns how many records
+    were dropped. The file is replaced atomically."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            keep = int(rec["step"]) <= last_step
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in kept))
+        tmp.replace(path)
+    return dropped
 
-    def __init__(self, workdir: str | Path, enabled: bool = True):
+
+class MetricWriter:
+    """Scalars and images to TensorBoard and ``metrics.jsonl`` in ``workdir`` (process 0 only).
+
+    ``resume_step``: the step the run starts from; records of later steps (written by the interrupted
+    run after its last checkpoint) are removed from ``metrics.jsonl`` first."""
+
+    def __init__(self, workdir: str | Path, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self.workdir = Path(workdir)
         self._tb = None
@@ -84,6 +112,8 @@ class MetricWriter:
         if enabled:
             SummaryWriter = _import_summary_writer()
             self.workdir.mkdir(parents=True, exist_ok=True)
+            if resume_step is not None:
+                truncate_metrics(self.workdir / "metrics.jsonl", int(resume_step))
             self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
             self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
 
@@ -136,7 +166,10 @@ def read_metrics(workdir: str | Path, kind: str = "train") -> dict[int, dict[str
 
 
 class Progress:
-    """Console progress bar with loss and ETA (tqdm on a terminal, plain lines otherwise)."""
+    """Console progress bar with loss and ETA (tqdm on a terminal, plain lines otherwise).
+
+    The rate and ETA count the steps after the last :meth:`restart_clock` (the loop calls it after a
+    step that compiled), so compilation does not make the ETA of a long run look short or long."""
 
     def __init__(self, total: int, initial: int, enabled: bool, every: int = 10, messages: bool = True):
         self.enabled, self.every, self.total = enabled, max(int(every), 1), total
@@ -161,8 +194,16 @@ class Progress:
             rate = done / max(time.time() - self._t0, 1e-9)
             eta = (self.total - step) / rate if rate > 0 else float("inf")
             eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-            print(f"step {step}/{self.total}  loss {loss:.4f}  {extra}  {rate:.2f} it/s  ETA {eta_s}",
+            rate_s = f"{rate:.2f} it/s" if done > 0 else "? it/s"
+            print(f"step {step}/{self.total}  loss {loss:.4f}  {extra}  {rate_s}  ETA {eta_s}",
                   file=sys.stderr, flush=True)
+
+    def restart_clock(self, step: int) -> None:
+        """Counts rate and ETA from ``step`` on (now)."""
+        self._t0, self._s0 = time.time(), int(step)
+        if self._bar is not None:
+            self._bar.n = self._bar.last_print_n = self._bar.initial = int(step)
+            self._bar.start_t = self._bar.last_print_t = self._bar._time()  # noqa: SLF001 (tqdm's clock)
 
     def write(self, message: str) -> None:
         if not self.messages:
