@@ -302,3 +302,119 @@ def test_cli_ingest_prints_reasons_and_summary(tmp_path, capsys):
     assert "written 1, rejected 1" in out
     assert main(args) == 1  # the destination exists now: refused without --overwrite
     assert main(args + ["--overwrite"]) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# pixels: 16-bit frames scaled, alpha composited on black; ffmpeg's banner kept out of the reasons
+# --------------------------------------------------------------------------------------------------
+
+
+def test_16bit_frames_are_scaled_and_alpha_is_composited_on_black(tmp_path):
+    from PIL import Image
+
+    gray16 = (np.arange(RES * RES, dtype=np.uint32).reshape(RES, RES) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(gray16).save(tmp_path / "gray16.png")
+    got = ingest.read_image(tmp_path / "gray16.png")
+    want = np.rint(gray16.astype(np.float64) / 257).astype(np.uint8)
+    assert got.shape == (RES, RES, 3) and np.array_equal(got[..., 0], want) and np.array_equal(got[..., 2], want)
+    assert (got == 255).mean() < 0.01  # not saturated
+    rgba = np.zeros((RES, RES, 4), np.uint8)
+    rgba[..., :3] = _frame(1)
+    rgba[..., 3] = np.linspace(0, 255, RES, dtype=np.uint8)[None, :]
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    got = ingest.read_image(tmp_path / "rgba.png")
+    want = np.rint(rgba[..., :3].astype(np.float32) * (rgba[..., 3:] / 255.0)).astype(np.uint8)
+    assert np.array_equal(got, want) and got[:, 0].max() == 0  # alpha 0: black
+    la = np.stack([gray16 // 257, np.full_like(gray16, 128)], -1).astype(np.uint8)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    got = ingest.read_image(tmp_path / "la.png")
+    assert np.array_equal(got[..., 1], np.rint(la[..., 0] * (128 / 255.0)).astype(np.uint8))
+
+
+def test_unreadable_video_reason_has_no_ffmpeg_banner(ingested):
+    _, _, report, _, logs = ingested
+    detail = next(d for name, _, d in report.rejected if name == "unreadable_mp4")
+    line = next(ln for ln in logs if ln.startswith("rejected unreadable_mp4"))
+    for text in (detail, line):
+        assert "\n" not in text and "ffmpeg version" not in text and "configuration:" not in text
+        assert "Invalid data found when processing input" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# Ctrl-C: never swallowed, nothing renamed into place; leftovers of a killed ingest removed next time
+# --------------------------------------------------------------------------------------------------
+
+
+def test_swallowed_ctrl_c_still_stops_the_ingest(tmp_path, monkeypatch):
+    """A SIGINT whose KeyboardInterrupt is swallowed (as in a garbage-collection callback) still ends the
+    ingest before the dataset is renamed into place."""
+    src = tmp_path / "src"
+    for i in range(2):
+        make_clip(src, f"clip{i}", seed=90 + i)
+    real = builders.TeacherClips._generate_examples
+
+    def swallowing(self, split):
+        for item in real(self, split):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    time.sleep(0)
+            except KeyboardInterrupt:
+                pass  # swallowed
+            yield item
+
+    monkeypatch.setattr(builders.TeacherClips, "_generate_examples", swallowing)
+    with pytest.raises(KeyboardInterrupt):
+        ingest.ingest(src, tmp_path / "out", RES, log=lambda m: None, progress=False)
+    final = tmp_path / "out" / "teacher_clips" / f"r{RES}" / "1.0.0"
+    assert not final.exists() and not list(final.parent.glob(".tmp-*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_ctrl_c_exits_130_and_a_killed_runs_leftovers_are_removed(tmp_path):
+    src = tmp_path / "src"
+    for i in range(2):
+        make_clip(src, f"clip{i}", seed=100 + i)
+    out = tmp_path / "out"
+    final = out / "teacher_clips" / f"r{RES}" / "1.0.0"
+    marker = tmp_path / "started"
+    script = f"""
+import sys, time
+from jax_instant4d import cli
+from jax_instant4d.data import builders
+real = builders.TeacherClips._generate_examples
+def slow(self, split):
+    for item in real(self, split):
+        yield item
+        open({str(marker)!r}, "w").close()
+        time.sleep(60)
+builders.TeacherClips._generate_examples = slow
+sys.exit(cli.main(["data", "ingest", {str(src)!r}, "--out", {str(out)!r}, "--config", "configs/small.py",
+                   "--config.data.resolution={RES}"]))
+"""
+    for sig in (signal.SIGKILL, signal.SIGINT):
+        marker.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "never started writing"
+            if sig == signal.SIGKILL:
+                assert list(final.parent.glob(".tmp-*"))
+            proc.send_signal(sig)
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert not final.exists()
+        if sig == signal.SIGINT:
+            err = proc.stderr.read()
+            assert rc == 130 and "interrupted" in err and "Traceback" not in err, err
+            # the second run removed the first run's leftovers on start and its own on Ctrl-C
+            assert not list(final.parent.glob(".tmp-*"))
+        else:
+            assert list(final.parent.glob(".tmp-*"))  # kill -9: nothing could clean up
+    report = ingest.ingest(src, out, RES, log=lambda m: None, progress=False)  # a rerun completes
+    assert len(report.written) == 2 and builders.is_complete(final)

@@ -29,15 +29,27 @@ invertible cameras, frames of the camera's size and of the target resolution (``
 square frames of another size and scales the intrinsics). A broken clip is reported with its reason
 and skipped; ``strict`` makes any rejection fatal. The dataset is written to a temporary folder and
 renamed into place only when complete (and, with ``strict``, only if nothing was rejected).
+
+Pixels: 16-bit frames are scaled to 8 bits (not clipped), gray is repeated to RGB, and alpha (RGBA, LA,
+palette transparency) is composited on black, the training background, as ``instant4d animate`` does.
+Ctrl-C stops the ingest with nothing renamed into place (also when the signal lands inside a callback
+that would swallow it); temporary folders of a killed ingest are removed by the next one into the same
+place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +57,8 @@ import numpy as np
 
 from jax_instant4d.data import builders, record
 from jax_instant4d.data.record import ClipError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
@@ -62,25 +76,67 @@ def read_frames(path: Path) -> list[np.ndarray]:
 
         try:
             with imageio.get_reader(str(path), format="FFMPEG") as reader:
-                frames = [np.asarray(f)[..., :3].astype(np.uint8) for f in reader]
+                frames = [to_rgb(np.asarray(f), path.name) for f in reader]
+        except ClipError:
+            raise
         except Exception as e:  # any decoder failure: the file is unreadable
-            raise ClipError("unreadable file", f"{path.name}: {type(e).__name__}: {e}".strip()) from None
+            raise ClipError("unreadable file", f"{path.name}: {type(e).__name__}: {ffmpeg_reason(str(e))}") from None
         if not frames:
             raise ClipError("unreadable file", f"{path.name}: no frames decoded")
         return frames
     raise ClipError("unreadable file", f"{path.name}: not a video ({'/'.join(VIDEO_EXTS)}) or a frame folder")
 
 
+_FFMPEG_BANNER = re.compile(
+    r"^\s*(ffmpeg version|built with|configuration:|lib(av|sw|postproc)\w*\s+\d|=== stderr ===)")
+
+
+def ffmpeg_reason(message: str) -> str:
+    """An imageio-ffmpeg error without ffmpeg's version banner: its own first line and ffmpeg's last."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip() and not _FFMPEG_BANNER.match(ln)]
+    if len(lines) <= 2:
+        return "; ".join(lines)
+    return f"{lines[0]}; {lines[-1]}"
+
+
+def to_rgb(x: np.ndarray, name: str) -> np.ndarray:
+    """A decoded frame (gray, gray + alpha, RGB, RGBA; 8 or 16 bits) as uint8 RGB: 16-bit values scaled
+    by 255/65535, alpha composited on black."""
+    x = np.asarray(x)
+    if x.dtype == bool:
+        x = x.astype(np.uint8) * 255
+    elif x.dtype in (np.uint16, np.int32, np.uint32):  # 16-bit samples (PIL reads 16-bit gray PNGs as int32)
+        x = np.rint(np.clip(x.astype(np.float64), 0, 65535) / 257.0).astype(np.uint8)
+    elif x.dtype != np.uint8:
+        raise ClipError("unreadable file", f"{name}: unsupported pixel type {x.dtype}")
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.ndim != 3 or x.shape[2] not in (1, 2, 3, 4):
+        raise ClipError("unreadable file", f"{name}: not an image (shape {x.shape})")
+    if x.shape[2] in (2, 4):
+        alpha = x[..., -1:].astype(np.float32) / 255.0
+        x = np.rint(x[..., :-1].astype(np.float32) * alpha).astype(np.uint8)
+    if x.shape[2] == 1:
+        x = np.repeat(x, 3, axis=2)
+    return np.ascontiguousarray(x)
+
+
 def read_image(path: Path) -> np.ndarray:
+    """An image file as uint8 RGB (see :func:`to_rgb`)."""
     from PIL import Image
 
     if not path.is_file():
         raise ClipError("missing frames", f"{path.name} does not exist")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), np.uint8)
+            if im.mode == "P" or (im.mode in ("L", "RGB") and "transparency" in im.info):
+                im = im.convert("RGBA")
+            elif im.mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L"):
+                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+            arr = np.asarray(im)
     except Exception as e:  # PIL raises several types for broken files
         raise ClipError("unreadable file", f"{path.name}: {type(e).__name__}: {e}") from None
+    return to_rgb(arr, path.name)
 
 
 def _camera(obj, what: str) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -277,6 +333,50 @@ def load_clip(cs: ClipSource, resolution: int, resize: bool = False) -> record.C
         clip_index=cs.clip_index, identity_index=cs.identity_index)
 
 
+@contextlib.contextmanager
+def _interrupts() -> Iterator[Callable[[], None]]:
+    """Ctrl-C raises ``KeyboardInterrupt`` as usual and is also remembered: the returned check raises it
+    again, so an interrupt that landed in a callback that swallows exceptions (a garbage-collection
+    callback prints "Exception ignored" and goes on) still stops the ingest before anything is renamed
+    into place."""
+    hit = threading.Event()
+
+    def check() -> None:
+        if hit.is_set():
+            raise KeyboardInterrupt("interrupted")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check
+        return
+
+    def handler(signum, frame):
+        hit.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _only_writer(folder: Path) -> Iterator[None]:
+    """Holds an exclusive lock on ``folder`` (released by the OS if the process is killed) and removes the
+    temporary folders a killed ingest left there: while the lock is held, no other ingest is writing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".ingest.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IngestError(f"another ingest is writing into {folder}", IngestReport()) from None
+        for leftover in sorted(folder.glob(".tmp-*")):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+                logger.info("removed %s (left by an interrupted ingest)", leftover)
+        yield
+
+
 @dataclass
 class IngestReport:
     path: Path | None = None
@@ -326,44 +426,47 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, resolution: int, *, i
         raise IngestError(f"{final} exists (use --overwrite to replace it)", report)
     clips = sorted(discover(Path(src)), key=lambda c: c.clip_id)
     assign(clips, heldout_identities)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-ingest-", dir=final.parent))
-    try:
-        bar = None
-        if progress:
-            from tqdm import tqdm
+    with _only_writer(final.parent), _interrupts() as check_interrupt:
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-ingest-", dir=final.parent))
+        try:
+            bar = None
+            if progress:
+                from tqdm import tqdm
 
-            bar = tqdm(total=len(clips), desc="ingest", unit="clip")
-        loaders: dict[str, list] = {}
-        for cs in sorted(clips, key=lambda c: c.clip_index):
-            try:
-                example = record.encode_clip(load_clip(cs, resolution, resize), image_format, jpeg_quality)
-            except ClipError as e:
-                report.rejected.append((cs.clip_id, e.reason, e.detail))
-                log(f"rejected {cs.clip_id}: {e.reason}: {e.detail}")
-            else:
-                staged = staging / f"{cs.clip_index:08d}.pkl"
-                staged.write_bytes(pickle.dumps(example, protocol=pickle.HIGHEST_PROTOCOL))
-                loaders.setdefault(cs.split, []).append(lambda p=staged: pickle.loads(p.read_bytes()))
-                report.written.append(cs.clip_id)
+                bar = tqdm(total=len(clips), desc="ingest", unit="clip")
+            loaders: dict[str, list] = {}
+            for cs in sorted(clips, key=lambda c: c.clip_index):
+                check_interrupt()
+                try:
+                    example = record.encode_clip(load_clip(cs, resolution, resize), image_format, jpeg_quality)
+                except ClipError as e:
+                    report.rejected.append((cs.clip_id, e.reason, e.detail))
+                    log(f"rejected {cs.clip_id}: {e.reason}: {e.detail}")
+                else:
+                    staged = staging / f"{cs.clip_index:08d}.pkl"
+                    staged.write_bytes(pickle.dumps(example, protocol=pickle.HIGHEST_PROTOCOL))
+                    loaders.setdefault(cs.split, []).append(lambda p=staged: pickle.loads(p.read_bytes()))
+                    report.written.append(cs.clip_id)
+                if bar is not None:
+                    bar.update(1)
             if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        if strict and report.rejected:
-            report.written.clear()
-            raise IngestError("strict: rejected clips, nothing written\n" + report.summary(), report)
-        if not report.written:
-            raise IngestError("no valid clip to write\n" + report.summary(), report)
-        cfg = TeacherClipsConfig(name=teacher_config_name(resolution), loaders=loaders)
+                bar.close()
+            if strict and report.rejected:
+                report.written.clear()
+                raise IngestError("strict: rejected clips, nothing written\n" + report.summary(), report)
+            if not report.written:
+                raise IngestError("no valid clip to write\n" + report.summary(), report)
+            cfg = TeacherClipsConfig(name=teacher_config_name(resolution), loaders=loaders)
 
-        def replace_old():
-            if overwrite and final.exists():
-                shutil.rmtree(final)
+            def replace_old():
+                check_interrupt()  # a Ctrl-C swallowed while tfds wrote: nothing is renamed into place
+                if overwrite and final.exists():
+                    shutil.rmtree(final)
 
-        report.path = builders.prepare_atomically(
-            lambda d: TeacherClips(config=cfg, data_dir=str(d), file_format="array_record"), final,
-            before_rename=replace_old)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            report.path = builders.prepare_atomically(
+                lambda d: TeacherClips(config=cfg, data_dir=str(d), file_format="array_record"), final,
+                before_rename=replace_old)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        check_interrupt()
     return report
