@@ -1,7 +1,15 @@
 """Pure-XLA tile rasterizer: the TPU path, and a backend that runs wherever JAX runs.
 
 Same semantics as :func:`rasterizer_ffi.reference.rasterize_dense` (see ``rasterizer_ffi.rasterize``),
-computed on 16x16 tiles with static shapes only, so it jits, vmaps and runs under ``shard_map``.
+computed on tiles with static shapes only, so it jits, vmaps and runs under ``shard_map``. Two paths
+share the binning geometry and the per-block compositing math below:
+
+* ``tile_capacity=0`` (the default): exact, every (tile, Gaussian) pair composited, on 8x8 tiles, in
+  ``rasterizer_ffi.xla_exact`` (its docstring gives the design and why). ``overflow`` is 0.
+* ``tile_capacity=K > 0``: the opt-in approximation described here, on 16x16 tiles: each tile keeps
+  its K nearest Gaussians and ``overflow`` counts the rest. Its cost and memory follow K, not the
+  work, which is why it is no longer the default (K >= N cannot drop anything and takes the exact
+  path).
 
 Binning (integer work, no gradient)
     Per image, Gaussians are sorted by depth (ties by index). A Gaussian can only reach a pixel where
