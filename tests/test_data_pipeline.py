@@ -3,6 +3,8 @@ per-process shares, exact resume, augmentation geometry, worker processes, globa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -217,3 +219,60 @@ def test_ensure_dataset_reuses_and_explains_missing_teacher_clips(tmp_path):
     with pytest.raises(ValueError, match="unknown split"):
         make_pipeline(cfg, "validate", 1, 0, 1)
     assert next(make_pipeline(cfg, "heldout", 1, 0, 1))["clip"].shape == (1,)  # alias of "test"
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_grain_workers_die_with_a_killed_parent(tmp_path):
+    """kill -9 of the training process: its grain worker processes (started with the pipeline's
+    ``die_with_parent``) end too instead of living on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = """
+import sys, time, grain
+from jax_instant4d.data.pipeline import _grain_flags_parsed, die_with_parent
+_grain_flags_parsed()
+it = iter(grain.MapDataset.range(10**6).to_iter_dataset().mp_prefetch(
+    grain.MultiprocessingOptions(num_workers=2, per_worker_buffer_size=1), worker_init_fn=die_with_parent))
+next(it)
+print("ready", flush=True)
+time.sleep(600)
+"""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        workers = _children(proc.pid)
+        assert len(workers) >= 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(_running(w) for w in workers):
+            assert time.monotonic() < deadline, f"workers {workers} still alive 20 s after their parent was killed"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -323,13 +323,17 @@ def make_dataset(cfg, split: str, batch_size: int, process_index: int | None = N
 
 
 def die_with_parent(worker_index: int, worker_count: int, poll_s: float = 1.0) -> None:
-    """Runs in each grain worker process: a thread that ends the worker once its parent is gone (a parent
-    killed with -9 runs no clean-up, and its workers would otherwise live on)."""
+    """Runs in each grain worker process: a thread that ends the worker once the process that started it
+    is gone (a parent killed with -9 runs no clean-up, and its workers would otherwise live on). A worker
+    whose parent died before this ran exits at once."""
+    import multiprocessing
+
     del worker_index, worker_count
-    parent = os.getppid()
+    parent = multiprocessing.parent_process()
+    expected = parent.pid if parent is not None else os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == expected:
             time.sleep(poll_s)
         os._exit(0)
 
