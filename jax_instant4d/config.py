@@ -48,6 +48,9 @@ def _data_defaults() -> ConfigDict:
         "read_threads": 2,  # decoding threads per process
         "prefetch": 2,  # batches buffered (per worker)
         "shuffle_seed": 0,
+        # damaged records (a corrupt or cut ArrayRecord chunk, an empty shard) are reported with their file and
+        # record, skipped and counted; more than this many in one process is fatal (0: the first one is)
+        "max_bad_records": 100,
         # multi-process runs: process 0 prepares a missing synthetic_heads dataset and the others wait for it
         # this long (seconds; through the coordination service) before giving up
         "ready_timeout_s": 3600,

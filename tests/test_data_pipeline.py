@@ -276,3 +276,33 @@ time.sleep(600)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_damaged_records_are_reported_skipped_and_bounded(tmp_path, caplog):
+    """Flipped bytes in a shard: the record is named (file and record number) once, replaced by the next
+    readable one (batches keep their size); more than data.max_bad_records is fatal; an empty shard
+    leaves nothing readable and says so."""
+    import logging
+    import shutil
+
+    cfg, path = tiny_dataset()
+    copy = tmp_path / "ds"
+    shutil.copytree(path, copy)
+    shard = next(copy.glob("*-train.array_record-*"))
+    data = bytearray(shard.read_bytes())
+    for k in range(200):
+        data[len(data) // 3 + k] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="jax_instant4d"):
+        it = make_pipeline(cfg, "train", 2, 0, 1, path=copy)
+        batches = [next(it) for _ in range(4)]
+    assert all(b["source"].shape[0] == 2 for b in batches)
+    warned = [r.getMessage() for r in caplog.records if "damaged record skipped" in r.getMessage()]
+    assert len(warned) == 1 and f"{shard}, record " in warned[0] and "Riegeli" in warned[0], warned
+    with pytest.raises(pipeline.BadRecordsError, match=r"more than data.max_bad_records=0; the last: .*record"):
+        it = make_pipeline(tiny_cfg(cfg.data.data_dir, data__max_bad_records=0), "train", 2, 0, 1, path=copy)
+        for _ in range(4):
+            next(it)
+    shard.write_bytes(b"")
+    with pytest.raises(pipeline.BadRecordsError, match="no readable record|more than data.max_bad_records"):
+        next(make_pipeline(cfg, "train", 2, 0, 1, path=copy))

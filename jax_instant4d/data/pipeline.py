@@ -23,6 +23,7 @@ E = ``record.NUM_EXPRESSION``)::
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 import time
@@ -34,6 +35,8 @@ import numpy as np
 from jaxtyping import Float
 
 from jax_instant4d.data import record
+
+log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("source", "source_w2c", "source_intrinsics", "driving", "target", "target_w2c", "target_intrinsics",
               "target_fg", "target_eyes", "target_mouth", "expression", "source_expression", "identity", "clip",
@@ -76,7 +79,8 @@ def check_data_config(cfg, need_dataset: bool = True) -> None:
     need(isinstance(d.jpeg_quality, int) and 1 <= d.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100")
     for key, low in (("resolution", 8), ("num_identities", 2), ("clips_per_identity", 1), ("time_steps", 1),
                      ("views", 1), ("targets_per_example", 1), ("read_threads", 1), ("prefetch", 1),
-                     ("heldout_identities", 0), ("num_workers", 0), ("ready_timeout_s", 1)):
+                     ("heldout_identities", 0), ("num_workers", 0), ("max_bad_records", 0),
+                     ("ready_timeout_s", 1)):
         integer(key, low)
     need(d.heldout_identities < d.num_identities, "heldout_identities",
          f"must be below data.num_identities={d.num_identities} (some identities must be left to train on)")
@@ -140,6 +144,59 @@ def open_source(path: str | os.PathLike, split: str):
     if split not in builder.info.splits:
         raise ValueError(f"dataset {path} has no {split!r} split (it has {sorted(builder.info.splits)})")
     return builder.as_data_source(split=split)
+
+
+class BadRecordsError(RuntimeError):
+    """More damaged records than ``data.max_bad_records`` (or none readable at all)."""
+
+
+class CheckedSource:
+    """Random access to one split's records that survives damaged ones (a corrupt or cut ArrayRecord
+    chunk, an empty shard): a record that cannot be read is reported once with its file and record
+    number, counted, and replaced by the next readable record (so batches keep their size and a resumed
+    run reads the same replacement). More than ``max_bad`` damaged records in this process is fatal
+    (:class:`BadRecordsError`, naming the last one)."""
+
+    def __init__(self, source, split: str, max_bad: int):
+        self.source, self.split, self.max_bad = source, split, int(max_bad)
+        self.bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def where(self, index: int) -> str:
+        """``FILE, record R`` of the split's record ``index`` (from the ArrayRecord read instructions)."""
+        inner = getattr(self.source, "data_source", None)
+        offset = int(index)
+        for ins in getattr(inner, "_read_instructions", None) or ():
+            n = int(ins.end) - int(ins.start)
+            if offset < n:
+                return f"{ins.filename}, record {int(ins.start) + offset}"
+            offset -= n
+        return f"split {self.split!r}, record {index}"
+
+    def __getitem__(self, index: int):
+        n = len(self.source)
+        for k in range(n):
+            i = (int(index) + k) % n
+            try:
+                return self.source[i]
+            except Exception as e:  # array_record / tfds raise several types for damaged data
+                self._damaged(i, e)
+        raise BadRecordsError(f"no readable record in split {self.split!r} ({n} records, all damaged; "
+                              f"e.g. {self.where(int(index))})")
+
+    def _damaged(self, index: int, error: Exception) -> None:
+        if index in self.bad:
+            return
+        self.bad.add(index)
+        reason = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
+        where = self.where(index)
+        if len(self.bad) > self.max_bad:
+            raise BadRecordsError(f"{len(self.bad)} damaged records in split {self.split!r}, more than "
+                                  f"data.max_bad_records={self.max_bad}; the last: {where}: {reason[:200]}")
+        log.warning("damaged record skipped: %s: %s (%d in this process, at most %d)", where, reason[:200],
+                    len(self.bad), self.max_bad)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,7 +356,8 @@ def make_dataset(cfg, split: str, batch_size: int, process_index: int | None = N
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     d = cfg.data
     seed = int(d.shuffle_seed if seed is None else seed)
-    source = open_source(path if path is not None else dataset_path(cfg), split)
+    source = CheckedSource(open_source(path if path is not None else dataset_path(cfg), split), split,
+                           int(d.max_bad_records))
     if len(source) < process_count:
         raise ValueError(f"split {split!r} has {len(source)} clips, fewer than the {process_count} processes")
     ds = grain.MapDataset.source(source)[process_index::process_count]

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
                              init_timeout_s=t.init_timeout_s, heartbeat_timeout_s=t.heartbeat_timeout_s,
                              shutdown_timeout_s=t.shutdown_timeout_s)
 
+    from jax_instant4d.data.pipeline import BadRecordsError
     from jax_instant4d.train.checkpoint import CheckpointError
     from jax_instant4d.train.loop import DatasetNotVisible, NonFiniteError, train
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     except NonFiniteError as e:
         print(f"instant4d train: {e}", file=sys.stderr, flush=True)
         return 3
-    except (CheckpointError, DatasetNotVisible, DistributedError, FileNotFoundError) as e:
+    except (BadRecordsError, CheckpointError, DatasetNotVisible, DistributedError, FileNotFoundError) as e:
         print(f"instant4d train: error: {e}", file=sys.stderr, flush=True)
         return 1
     return 0 if result.status in ("finished", "preempted") else 1
