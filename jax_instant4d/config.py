@@ -92,8 +92,12 @@ def _motion_defaults() -> ConfigDict:
     return ConfigDict({
         "crop_size": 224,
         "code_dim": 512,
+        # Pretrained weights: "" = the motion encoder trains from scratch with the avatar; "teacher" = the synthetic
+        # teacher's encoder (data/motion_teacher.py: pretrained on the training identities, cached beside the
+        # dataset); else a file (X-NeMo's state dict, .safetensors or .pt). freeze keeps them fixed (the paper).
+        "weights": "",
         "freeze": False,
-        "weights": "",  # converted pretrained weights ("" = train from scratch)
+        "weights_sha256": "",  # filled in at the start of training; a file with another hash is refused
         "token_dim": 16,  # the code is code_dim / token_dim tokens of token_dim (32 x 16)
         "fan_channels": (64, 128, 256),  # FAN stem, ConvBlock width, hourglass width
         "hourglass_depth": 4,

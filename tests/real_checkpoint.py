@@ -19,6 +19,9 @@ TINY_OVERRIDES = [
     "data.num_identities=4", "data.heldout_identities=2", "data.clips_per_identity=1", "data.time_steps=2",
     "data.views=2", "model.gaussian_res=32", "train.batch_size=4", "train.eval_batch_size=4", "train.eval_batches=1",
     "train.async_checkpoint=False", "train.progress=False", "train.mesh=(-1,1,1)", "render.backend=cpu",
+    # a motion encoder initialised with the model (pretraining the teacher's takes minutes); the pretrained,
+    # frozen path (small.py's default) has its own tests in test_motion_teacher.py
+    "model.motion.weights=", "model.motion.freeze=false",
 ]
 
 

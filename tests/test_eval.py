@@ -174,8 +174,9 @@ def test_consistency_near_perfect_for_one_scene_and_worse_when_altered():
 
 
 def tiny_regressor(cfg) -> expression.RegressorSettings:
-    return expression.settings_for(cfg, identities=4, test_identities=4, train_images=64, test_images=32, steps=40,
-                                   batch_size=16, widths=(8, 16), hidden=32, learning_rate=3e-3)
+    return expression.settings_for(cfg, resolution=64, identities=4, test_identities=4, train_images=64,
+                                   test_images=32, steps=40, batch_size=16, widths=(8, 16), hidden=32,
+                                   learning_rate=3e-3)
 
 
 def test_cross_partners():
@@ -210,7 +211,8 @@ def test_expression_regressor_trains_once_and_reports_its_accuracy(real_run):
     x, e = expression.make_images(s, "test", cfg.render.backend, group)
     pred = reg.predict(x.astype(np.float32) / 255.0)
     np.testing.assert_allclose(reg.info["test_mae"], np.abs(pred - e).mean(), rtol=1e-5)
-    assert np.all(pred >= expression._LO) and np.all(pred <= expression._HI)
+    lo, hi = expression.record.EXPRESSION_RANGES[:, 0], expression.record.EXPRESSION_RANGES[:, 1]
+    assert np.all(pred >= lo) and np.all(pred <= hi)
     # cached: loaded, not retrained, same predictions
     again = expression.ensure_regressor(cfg.data.data_dir, s, backend=cfg.render.backend, group=group, log=None)
     assert again.info["cached"] is True
@@ -268,9 +270,32 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
     reg = expression.ensure_regressor(cfg.data.data_dir, settings, log=None)
     lp_params = losses.load_weights(lp, "lpips")
     lpips_fn = run_lib._lpips  # the network is train.losses' (tested there); here: which frames, which mean
-    assert sorted((task, ci) for task, ci, _o, _r in seen) == [("cross", 0), ("cross", 1), ("self", 0), ("self", 1)]
+    assert sorted((task, ci) for task, ci, _o, _r in seen) == sorted(
+        (f"{task}{kind}", ci) for task in ("self", "cross") for kind in ("", "-expression", "-expression-undriven")
+        for ci in (0, 1))
+    cam = render.orbit_camera(jnp.zeros(1), jnp.zeros(1), radius=float(cfg.render.camera_radius),
+                              fov_degrees=float(cfg.render.fov_degrees), size=settings.resolution)
     for task in ("self", "cross"):
-        ps, ss, lps, ex, ex_ref = [], [], [], [], []
+        ps, ss, lps, ex, ex_und, ex_ref = [], [], [], [], [], []
+        # expressions: read from one frontal frame per time step at the regressor's resolution; the reference
+        # is the ground truth rendered there
+        for tk, ci, ours, ref in seen:
+            if not tk.startswith(f"{task}-expression"):
+                continue
+            c, d = clips[ci], clips[1 - ci] if task == "cross" else clips[ci]
+            truth = d.expression[:t]
+            assert ours.shape == (t, settings.resolution, settings.resolution, 3)
+            want = groundtruth.render_params(np.repeat(c.identity_params[None], t, 0), truth,
+                                             np.repeat(np.asarray(cam.world_to_cam), t, 0),
+                                             np.repeat(np.asarray(cam.intrinsics), t, 0), settings.resolution,
+                                             cfg.render.backend, group=4)
+            np.testing.assert_array_equal(np.round(ref * 255).astype(np.uint8), want)
+            err = np.abs(reg.predict(ours) - truth).mean(-1)
+            if tk.endswith("-undriven"):
+                ex_und.append(err)
+            else:
+                ex.append(err)
+                ex_ref.append(np.abs(reg.predict(ref) - truth).mean(-1))
         for tk, ci, ours, ref in seen:
             if tk != task:
                 continue
@@ -287,14 +312,20 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
                 ps.append(-10 * np.log10(np.mean((np.clip(o, 0, 1) - r) ** 2)))
                 ss.append(_np_ssim(o, r))
             lps.append(np.asarray(lpips_fn(lp_params, jnp.asarray(ours), jnp.asarray(ref))))
-            ex.append(np.abs(reg.predict(ours) - truth).mean(-1))
-            ex_ref.append(np.abs(reg.predict(ref) - truth).mean(-1))
         m = result[task]
         np.testing.assert_allclose(m["psnr"], np.mean(ps), atol=2e-3)
         np.testing.assert_allclose(m["ssim"], np.mean(ss), atol=1e-4)
         np.testing.assert_allclose(m["lpips"], np.mean(np.concatenate(lps)), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(m["expression_error"], np.mean(np.concatenate(ex)), atol=1e-5)
         np.testing.assert_allclose(m["expression_error_teacher"], np.mean(np.concatenate(ex_ref)), atol=1e-5)
+        np.testing.assert_allclose(m["expression_error_undriven"], np.mean(np.concatenate(ex_und)), atol=1e-5)
+        assert m["num_expression_frames"] == 2 * t
+        gap = paper.gap_closed(m)
+        want_gap = (m["expression_error_undriven"] - m["expression_error"]) / (
+            m["expression_error_undriven"] - m["expression_error_teacher"])
+        assert gap == pytest.approx(want_gap)
+    assert result["expression_resolution"] == settings.resolution
+    assert result["motion_weights"] == {"weights": "", "sha256": "", "freeze": False}
 
     # Self-reenactment baselines and eye + mouth PSNR, recomputed from the raw records: the region masks
     # (green + blue of target_masks), the source image shown unchanged, and per frame in order.

@@ -71,6 +71,36 @@ EXPRESSION_RANGES: np.ndarray = np.array(
     [(0, 1), (-1, 1), (0, 1), (0, 1), (-1, 1), (-1, 1), (0, 1), (-1, 1), (-1, 1), (0, 1), (0, 1), (-1, 1),
      (0, 1), (0, 1)], np.float32)
 
+_EXPRESSION_INDEX = {n: i for i, n in enumerate(EXPRESSION_NAMES)}
+# A horizontal mirror of a frame swaps the subject's left and right and negates sideways motions.
+MIRROR_PERMUTATION: np.ndarray = np.arange(NUM_EXPRESSION)
+for _a, _b in (("blink_left", "blink_right"), ("brow_left", "brow_right")):
+    MIRROR_PERMUTATION[_EXPRESSION_INDEX[_a]], MIRROR_PERMUTATION[_EXPRESSION_INDEX[_b]] = (
+        _EXPRESSION_INDEX[_b], _EXPRESSION_INDEX[_a])
+MIRROR_NEGATE: np.ndarray = np.isin(np.arange(NUM_EXPRESSION), [_EXPRESSION_INDEX["gaze_x"],
+                                                                _EXPRESSION_INDEX["jaw_side"]])
+
+
+def mirror_expression(expr: Float[np.ndarray, "*B E"]) -> Float[np.ndarray, "*B E"]:
+    """The expression of a horizontally mirrored frame: blink and brow left/right swapped, gaze_x and
+    jaw_side negated."""
+    e = np.asarray(expr, np.float32)[..., MIRROR_PERMUTATION].copy()
+    e[..., MIRROR_NEGATE] = -e[..., MIRROR_NEGATE]
+    return e
+
+
+def normalise_expression(expr: Float[np.ndarray, "*B E"]) -> Float[np.ndarray, "*B E"]:
+    """Each parameter mapped from its range (``EXPRESSION_RANGES``) to [0, 1]."""
+    lo, hi = EXPRESSION_RANGES[:, 0], EXPRESSION_RANGES[:, 1]
+    return (np.asarray(expr, np.float32) - lo) / (hi - lo)
+
+
+def denormalise_expression(y: Float[np.ndarray, "*B E"]) -> Float[np.ndarray, "*B E"]:
+    """Inverse of :func:`normalise_expression`, clipped to the ranges."""
+    lo, hi = EXPRESSION_RANGES[:, 0], EXPRESSION_RANGES[:, 1]
+    return np.clip(np.asarray(y, np.float32) * (hi - lo) + lo, lo, hi)
+
+
 IMAGE_FORMATS = ("png", "jpeg")
 SPLITS = ("train", "test")  # test = held-out identities
 SPLIT_ALIASES = {"heldout": "test", "held-out": "test", "validation": "test"}

@@ -265,3 +265,34 @@ def render_direct(identity: Float[np.ndarray, " P"], expression: Float[np.ndarra
     return {"rgb": to_uint8(np.asarray(rgb[0])), "fg": to_uint8(np.asarray(alpha[0])),
             "eyes": np.where(regions[..., 0] > 0.5, 255, 0).astype(np.uint8),
             "mouth": np.where(regions[..., 1] > 0.5, 255, 0).astype(np.uint8)}
+
+
+def expression_sequence(frames: int, seed: int = 0, hold: int = 8) -> Float[np.ndarray, "F E"]:
+    """A smooth expression trajectory for a driving video: key expressions every ``hold`` frames (the
+    dataset's distribution, :func:`heads.sample_expression`, starting from neutral), eased between."""
+    if frames < 1 or hold < 1:
+        raise ValueError(f"expression_sequence needs frames >= 1 and hold >= 1, got {frames}, {hold}")
+    rng = np.random.default_rng([seed, 500])
+    keys = [np.zeros(NUM_EXPRESSION, np.float32)]
+    keys += [heads.sample_expression(rng) for _ in range(frames // hold + 1)]
+    out = np.zeros((frames, NUM_EXPRESSION), np.float32)
+    for f in range(frames):
+        k, r = divmod(f, hold)
+        w = 0.5 - 0.5 * math.cos(math.pi * r / hold)  # ease in and out
+        out[f] = (1.0 - w) * keys[k] + w * keys[k + 1]
+    return out
+
+
+def driving_video(spec: SyntheticSpec, identity: int, frames: int, seed: int = 0, backend: str = "auto"
+                  ) -> tuple[np.ndarray, Float[np.ndarray, "F E"]]:
+    """Identity ``identity`` of the dataset performing :func:`expression_sequence` at a frontal camera:
+    uint8 frames ``[F, R, R, 3]`` at the dataset's resolution, and the expressions."""
+    from jax_instant4d.data import groundtruth
+
+    if not 0 <= identity < spec.num_identities:
+        raise ValueError(f"identity {identity} is not in the dataset (0..{spec.num_identities - 1})")
+    expr = expression_sequence(frames, seed)
+    w2c, intr = cameras(np.zeros((frames, 2), np.float32), spec)
+    canon = groundtruth.canonicals(identity_params(spec, identity)[None])
+    return groundtruth.render_frames(canon, np.zeros(frames, np.int64), expr, w2c, intr, spec.resolution,
+                                     backend), expr

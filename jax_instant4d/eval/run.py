@@ -54,7 +54,9 @@ CONSISTENCY_DEGREES = 15.0
 # self-reenactment only: the eye + mouth PSNR of ours, and both metrics for two baselines (the same
 # model undriven, z_drv = z_src; the source image shown unchanged)
 BASELINE_KEYS = ("region_psnr", "psnr_undriven", "region_psnr_undriven", "psnr_source", "region_psnr_source")
-PER_FRAME_KEYS = ("psnr", "region_psnr", "psnr_undriven", "region_psnr_undriven", "psnr_source", "region_psnr_source")
+PER_FRAME_KEYS = ("psnr", "region_psnr", "psnr_undriven", "region_psnr_undriven", "psnr_source", "region_psnr_source",
+                  "expression_error", "expression_error_undriven", "expression_error_teacher")  # expression_*: per
+# time step (the frontal frames they are read from), the others per rendered view
 
 
 @dataclasses.dataclass
@@ -209,6 +211,7 @@ class _Accumulator:
         self.cons_count = 0.0
         self.coverage: list[np.ndarray] = []
         self.expr_abs: list[np.ndarray] = []  # [frames, E] |regressor(ours) - truth|
+        self.expression_frames = 0  # one per time step (read at the frontal camera)
         self.frame_ids: list[str] = []
 
     def add(self, name: str, per_frame) -> None:
@@ -224,7 +227,7 @@ class _Accumulator:
 
     def summary(self) -> dict:
         out = {k: self.mean(k) for k in ("psnr", "ssim", "lpips", "identity", "expression_error",
-                                          "expression_error_teacher")}
+                                          "expression_error_undriven", "expression_error_teacher")}
         for k in BASELINE_KEYS:
             if k in self.values:
                 out[k] = self.mean(k)
@@ -233,6 +236,8 @@ class _Accumulator:
         out["consistency_coverage"] = (_finite(float(np.mean(np.concatenate(self.coverage)))) if self.coverage
                                        else None)
         out["num_frames"] = int(self.frames)
+        if self.expression_frames:
+            out["num_expression_frames"] = int(self.expression_frames)
         if self.expr_abs:
             from jax_instant4d.data.record import EXPRESSION_NAMES
 
@@ -285,7 +290,9 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
     saved config; ``regressor`` sets the expression regressor (default :class:`RegressorSettings`
     with the config's camera model). ``on_frames(task, clip_index, ours, reference)`` (optional) sees
     every batch of frames (``[K, R, R, 3]`` in [0, 1]; reference None where there is none); frames are
-    rendered ``frames_per_call`` at a time (memory: every target animates its own Gaussians)."""
+    rendered ``frames_per_call`` at a time (memory: every target animates its own Gaussians). The frames
+    expressions are read from come as tasks ``"self-expression"`` / ``"cross-expression"`` (ours) and
+    ``"...-expression-undriven"``, with their reference."""
     from jax_instant4d.data.pipeline import ensure_dataset, resolve_split
     from jax_instant4d.eval import paper
 
@@ -325,13 +332,17 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
     backend = str(cfg.render.backend)
     group = min(16, int(cfg.data.num_identities)) if cfg.data.dataset == "synthetic_heads" else None
 
-    reg = None
+    reg, expr_res = None, None
     if expression and synthetic:
         settings = regressor or expr_lib.settings_for(cfg)
         reg = expr_lib.ensure_regressor(cfg.data.data_dir, settings, backend=backend, group=group, log=say)
-        notes.append(f"expression_error: mean |regressor(frame) - ground-truth expression| over the 14 parameters; "
-                     f"the regressor's own error on held-out ground-truth renders is {reg.info['test_mae']:.4f} "
-                     f"(predicting the median: {reg.info['baseline_mae']:.4f}), the metric's floor")
+        expr_res = int(settings.resolution)
+        notes.append(f"expression_error: mean |regressor(frame) - ground-truth expression| over the 14 parameters, "
+                     f"read at {expr_res}x{expr_res} at the frontal camera, one frame per time step (ours, ours "
+                     f"undriven with z_drv = z_src, and the reference rendered there from the ground-truth "
+                     f"parameters); the regressor's own error on held-out "
+                     f"ground-truth renders is {reg.info['test_mae']:.4f} (predicting the median: "
+                     f"{reg.info['baseline_mae']:.4f}), the metric's floor")
     elif not expression:
         notes.append("expression_error: not computed (switched off)")
     else:
@@ -362,7 +373,7 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
         return motions[k]
 
     canon = None
-    if synthetic and any(p is not None for p in partners):
+    if synthetic:
         uniq, inverse = np.unique(np.stack([c.identity_params for c in clips]), axis=0, return_inverse=True)
         canon, canon_of_clip = groundtruth.canonicals(uniq, group), inverse.reshape(-1)
     def frame_batch(a: _Accumulator, mode: str, ci: int, di: int, idx: np.ndarray, chunk: int, avatar) -> None:
@@ -408,12 +419,6 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
                 a.add("lpips", _lpips(lpips_params, rgb, ref))
         if id_params is not None:
             a.add("identity", _identity(id_params, rgb, jnp.broadcast_to(jnp.asarray(clip.source[None]), rgb.shape)))
-        if reg is not None and drv.expression is not None:
-            truth = drv.expression[times]
-            pred = reg.predict(rgb)
-            a.add("expression_error", expr_lib.expression_error(pred, truth))
-            a.expr_abs.append(np.abs(pred - truth))
-            a.add("expression_error_teacher", expr_lib.expression_error(reg.predict(ref), truth))
         if consistency:
             cam = render.Camera(jnp.asarray(clip.target_w2c[pad]), jnp.asarray(clip.target_intrinsics[pad]))
             cam_b = cons.orbit_about_up(cam, cons.partner_yaw(cam, consistency_degrees))
@@ -425,6 +430,40 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
             a.cons_count += float(np.sum(count))
             a.coverage.append(np.asarray(cover))
 
+    def expression_batch(a: _Accumulator, mode: str, ci: int, di: int, tc: int, avatar) -> None:
+        """Expression errors of clip ``ci`` driven by clip ``di``, one frame per time step, read where the
+        regressor reads expressions: at ``expr_res`` and at the frontal camera (yaw = pitch = 0). Ours and
+        the same avatar undriven (z_drv = z_src) are rendered there, and so is the reference, from the
+        ground-truth parameters (the source identity performing the driving expression: what the teacher
+        shows)."""
+        drv = clips[di]
+        times = np.arange(tc)
+        pad = np.concatenate([times, np.repeat(times[-1:], expr_chunk - tc)])
+        truth = drv.expression[times]
+        z = jax.tree.map(lambda x: x[pad][None], motion_of(di))  # [1, K, ...]
+        z_und = jax.tree.map(lambda s: jnp.broadcast_to(s[:, None], (1, expr_chunk) + s.shape[1:]), avatar.z_src)
+        w2c = jnp.broadcast_to(expr_cam.world_to_cam, (1, expr_chunk, 4, 4))
+        intr = jnp.broadcast_to(expr_cam.intrinsics, (1, expr_chunk, 4))
+        ours = jnp.clip(runner.animate(avatar, z, w2c, intr, expr_res)[0][0, :tc], 0.0, 1.0)
+        und = jnp.clip(runner.animate(avatar, z_und, w2c, intr, expr_res)[0][0, :tc], 0.0, 1.0)
+        ref = groundtruth.render_frames(canon, np.full(tc, canon_of_clip[ci]), truth,
+                                        np.asarray(w2c[0, :tc]), np.asarray(intr[0, :tc]), expr_res,
+                                        backend).astype(np.float32) / 255.0
+        if on_frames is not None:
+            on_frames(f"{mode}-expression", ci, np.asarray(ours), ref)
+            on_frames(f"{mode}-expression-undriven", ci, np.asarray(und), ref)
+        pred = reg.predict(ours)
+        a.add("expression_error", expr_lib.expression_error(pred, truth))
+        a.expr_abs.append(np.abs(pred - truth))
+        a.add("expression_error_undriven", expr_lib.expression_error(reg.predict(und), truth))
+        a.add("expression_error_teacher", expr_lib.expression_error(reg.predict(ref), truth))
+        a.expression_frames += tc
+
+    if reg is not None:
+        expr_chunk = max(c.num_times for c in clips)
+        expr_cam = render.orbit_camera(jnp.zeros((1,), jnp.float32), jnp.zeros((1,), jnp.float32),
+                                       radius=float(cfg.render.camera_radius),
+                                       fov_degrees=float(cfg.render.fov_degrees), size=expr_res)
     t_start = time.perf_counter()
     for ci, clip in enumerate(clips):
         avatar = runner.encode(_resize(clip.source[None], size))
@@ -436,6 +475,8 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
             chunk = max(1, min(int(frames_per_call), total))
             for start in range(0, total, chunk):
                 frame_batch(acc[mode], mode, ci, di, np.arange(start, min(start + chunk, total)), chunk, avatar)
+            if reg is not None and drv.expression is not None:
+                expression_batch(acc[mode], mode, ci, di, tc, avatar)
         say(f"eval: clip {ci + 1}/{len(clips)} {clip.clip_id} ({time.perf_counter() - t_start:.0f} s)")
 
     # Speed: batch 1, after warm-up, on the default device.
@@ -474,6 +515,9 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
         "used_ema": bool(trained.used_ema),
         "timing_device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
         "expression_regressor": None if reg is None else {k: v for k, v in reg.info.items()},
+        "expression_resolution": expr_res,
+        "motion_weights": {"weights": str(cfg.model.motion.weights), "sha256": str(cfg.model.motion.weights_sha256),
+                           "freeze": bool(cfg.model.motion.freeze)},
         "consistency_degrees": float(consistency_degrees) if consistency else None,
     }
     if write:

@@ -20,11 +20,14 @@ self-attention module is AnimateDiff's ``TemporalTransformer3DModel`` used on on
 with 8 heads of 128, no q/k/v bias; GEGLU feed-forward x4) -> linear back to p x p x C -> residual.
 The output projection is zero-initialised, as the authors'.
 
-Pretrained weights: :func:`load_torch_motion_weights` reads X-NeMo's PyTorch state dict (safetensors,
-or ``.pt``/``.pth`` through torch when installed) into this module; names and layouts are listed in
-``jax_instant4d/export/MAPPING_encoder.md``. ``model.motion.freeze``: every parameter carries the
-metadata ``frozen=True`` (see :attr:`MotionEncoder.frozen` and :func:`trainable_filter`), BatchNorm
-uses its running statistics, and outputs carry no gradient.
+Pretrained weights (``model.motion.weights``, the paper's setting): :func:`load_motion_weights` reads a
+state dict in X-NeMo's PyTorch layout (safetensors, or ``.pt``/``.pth`` through torch when installed)
+strictly into this module and returns the file's SHA-256; names and layouts are listed in
+``jax_instant4d/export/MAPPING_encoder.md``. X-NeMo's own file and the synthetic teacher's encoder
+(``jax_instant4d/data/motion_teacher.py``, written in the same layout) load the same way; training puts
+them into the train state (``jax_instant4d/train/motion_weights.py``). ``model.motion.freeze``: every
+parameter carries the metadata ``frozen=True`` (see :attr:`MotionEncoder.frozen` and
+:func:`trainable_filter`), BatchNorm uses its running statistics, and outputs carry no gradient.
 
 :func:`face_crop` is the fixed crop the authors fall back to when no face is detected (resize to 256,
 rows 35:223 and columns 32:220, resize to 224): our images are already FFHQ/EG3D-aligned, so the fixed
@@ -33,6 +36,7 @@ crop is the only one used.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -48,6 +52,7 @@ from jax_instant4d.model.encoder import MODEL_AXIS, Conv2d, Dense, LayerNorm, ge
 # The authors' fixed crop of a 256^2 FFHQ-aligned frame: rows 35:223, columns 32:220.
 CROP_BOX_256 = (35, 223, 32, 220)  # top, bottom, left, right
 BBOX_PARAM = (0.0, 0.0, 1.0)  # X-NeMo's constant box parameter fed to bbox_proj
+CONV6_BIAS_INIT = 1.0  # initial bias of the one-channel map before the code's ReLU (see FAN)
 
 
 def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
@@ -250,6 +255,11 @@ class FAN(nnx.Module):
         self.l0 = Conv2d(c3, lm, 1, rngs=rngs)
         self.bn5 = _batch_norm(lm, frozen, rngs)
         self.conv6 = Conv2d(lm, 1, 3, stride=2, padding=1, rngs=rngs)
+        # The code passes through this one map and a ReLU: with PyTorch's default bias init it dies (the map
+        # goes negative everywhere) within a few Adam steps from scratch, and the code becomes a constant
+        # (measured: code std 0 after 25 steps). A positive initial bias keeps it alive; pretrained weights
+        # (X-NeMo's) replace it.
+        self.conv6.bias[...] = jnp.full_like(self.conv6.bias[...], CONV6_BIAS_INIT)
         self.fc = Dense((s // 8) ** 2, int(mot.code_dim), rngs=rngs)
         self.att_1 = SpatialSelfAttention(c2, sample_size=s // 2, patch=p1, **attn)
         self.att_2 = SpatialSelfAttention(c3, sample_size=s // 4, patch=p2, **attn)
@@ -338,6 +348,18 @@ def face_crop(image: Float[Array, "B R R 3"], size: int) -> Float[Array, "B S S 
                                          method="linear", antialias=True)
 
 
+WEIGHTS_FORMAT = "jax_instant4d.motion_encoder"  # safetensors metadata "format" of the files we write
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (what checkpoints and eval results record of a weights file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def load_torch_motion_weights(model: MotionEncoder, path: str | Path, *, strict: bool = False) -> None:
     """Loads X-NeMo's PyTorch motion-encoder weights (``MotEncoder_withExtra`` state dict) into ``model``.
 
@@ -345,16 +367,36 @@ def load_torch_motion_weights(model: MotionEncoder, path: str | Path, *, strict:
     torch, which must then be installed). A nested ``{"state_dict": ...}`` and the ``model.`` prefix of
     X-NeMo's wrapper ``MotEncoder`` are accepted. Every parameter must be present with the shape of the
     configured model (the pretrained weights need the full-size ``model.motion`` settings), else
-    ``ValueError`` names it; entries with no counterpart are an error with ``strict``, else a warning.
+    ``ValueError`` names the file and the tensor; entries with no counterpart are an error with
+    ``strict``, else a warning.
     """
     from jax_instant4d.export.torch_encoder import read_state_dict, torch_state_dict_to_flax
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"motion encoder weights not found: {path} (model.motion.weights)")
-    state = read_state_dict(path)
+    try:
+        state = read_state_dict(path)
+    except Exception as e:  # an unreadable or non-state-dict file: name it
+        raise ValueError(f"motion encoder weights {path} (model.motion.weights) cannot be read: {e}") from e
     if "final_proj.weight" not in state and "model.final_proj.weight" in state:
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    ignored = torch_state_dict_to_flax(model, state, strict=strict)
+    try:
+        ignored = torch_state_dict_to_flax(model, state, strict=strict)
+    except ValueError as e:
+        raise ValueError(f"motion encoder weights {path} (model.motion.weights): {e}") from e
     if ignored:
         warnings.warn(f"{path}: ignored {len(ignored)} entries with no counterpart: {ignored[:5]}", stacklevel=2)
+
+
+def load_motion_weights(model: MotionEncoder, path: str | Path) -> str:
+    """Loads ``model.motion.weights`` into ``model`` strictly and returns the file's SHA-256.
+
+    One format serves both sources: a state dict in X-NeMo's PyTorch layout (``MotEncoder_withExtra``
+    names; ``.safetensors``, or ``.pt``/``.pth`` through torch). The synthetic teacher's encoder
+    (:mod:`jax_instant4d.data.motion_teacher`) is written in that layout too, so X-NeMo's own class
+    loads it. A missing file, a missing or unexpected tensor, or a wrong shape is an error naming the
+    file and the tensor.
+    """
+    load_torch_motion_weights(model, path, strict=True)
+    return file_sha256(path)

@@ -27,6 +27,7 @@ from jaxtyping import Array, Float, Int, PyTree
 from jax_instant4d import render
 from jax_instant4d.config import ConfigDict
 from jax_instant4d.train import losses as L
+from jax_instant4d.train import motion_weights
 from jax_instant4d.train.discriminator import Discriminator
 from jax_instant4d.train.sharding import batch_sharding, like_params_shardings, param_shardings, replicated
 from jax_instant4d.train.state import ModelDef, TrainState, make_disc_optimizer, make_optimizer
@@ -203,7 +204,29 @@ class Trainer:
                 lowered = self._init.lower()
                 cpu = jax.default_backend() == "cpu"
                 self._init_compiled = lowered.compile(INIT_COMPILER_OPTIONS) if cpu else lowered.compile()
-            return self._init_compiled()
+            state = self._init_compiled()
+        return self._with_pretrained_motion(state)
+
+    def _with_pretrained_motion(self, state: TrainState) -> TrainState:
+        """``model.motion.weights`` (if any) in place of the motion encoder's initial values: its
+        parameters (frozen or trainable, and their EMA) and its BatchNorm statistics."""
+        loaded = motion_weights.loaded_variables(self.cfg)
+        if loaded is None:
+            return state
+        values, sha = loaded
+        name = "motion_encoder"
+        params, n_params = motion_weights.replace_subtree(state.params, name, values)
+        frozen, n_frozen = motion_weights.replace_subtree(state.frozen, name, values)
+        rest, n_rest = motion_weights.replace_subtree(state.rest, name, values)
+        ema = state.ema
+        if ema is not None:
+            ema, _ = motion_weights.replace_subtree(ema, name, values)
+        if n_params + n_frozen + n_rest != len(values):
+            raise ValueError(f"motion encoder weights: {len(values)} values loaded, {n_params + n_frozen + n_rest} "
+                             f"found in the model's '{name}' (does the model have a motion encoder?)")
+        self.log(f"motion encoder: pretrained weights {self.cfg.model.motion.weights} (sha256 {sha[:16]}), "
+                 + ("frozen" if n_frozen else "trainable"))
+        return state.replace(params=params, frozen=frozen, rest=rest, ema=ema)
 
     # ----------------------------------------------------------------------------------------------
     # forward pass

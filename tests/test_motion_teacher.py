@@ -1,0 +1,161 @@
+"""Pretrained motion-encoder weights: the synthetic teacher's encoder (pretraining, cache, file format),
+loading ``model.motion.weights`` strictly, and a frozen encoder that training leaves bit-identical."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from real_checkpoint import tiny_real_config
+
+from jax_instant4d.config import ConfigError, apply_overrides
+from jax_instant4d.data import motion_teacher, record, synthetic
+from jax_instant4d.model.motion import MotionEncoder, face_crop, file_sha256, load_motion_weights
+from jax_instant4d.train import motion_weights
+
+# The tiny config's motion encoder, pretrained briefly (the tests check plumbing and invariants, not quality).
+TINY_TEACHER = dict(pairs=16, validation_pairs=8, steps=4, batch_pairs=4)
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    return tiny_real_config(root / "work", root / "data", ["model.motion.weights=", "model.motion.freeze=false"])
+
+
+@pytest.fixture(scope="module")
+def teacher(cfg, tmp_path_factory):
+    """(encoder, info, weights file) of a tiny pretraining."""
+    settings = motion_teacher.settings_for(cfg, **TINY_TEACHER)
+    encoder, info = motion_teacher.pretrain(cfg, settings, backend="cpu")
+    path = tmp_path_factory.mktemp("weights") / "motion.safetensors"
+    motion_teacher.save(encoder, info, path)
+    return encoder, info, path
+
+
+def _codes(encoder, frames):
+    return np.asarray(encoder(face_crop(jnp.asarray(frames), encoder.crop_size))[0])
+
+
+def test_pairs_use_training_identities_only(cfg):
+    spec = synthetic.spec_from_config(cfg)
+    settings = motion_teacher.settings_for(cfg, **TINY_TEACHER)
+    frames, expr, which = motion_teacher.make_pairs(cfg, settings, "train", backend="cpu")
+    assert frames.shape == (16, 2, 64, 64, 3) and expr.shape == (16, 14)
+    assert set(which.reshape(-1).tolist()) <= set(spec.identities("train"))
+    assert np.all(which[:, 0] != which[:, 1])  # each pair: one expression on two identities
+    # the same expression on two identities: different pixels (it is not the same image twice)
+    assert np.abs(frames[:, 0].astype(int) - frames[:, 1].astype(int)).mean() > 2
+    _, _, held = motion_teacher.make_pairs(cfg, settings, "validation", backend="cpu")
+    assert set(held.reshape(-1).tolist()) <= set(spec.identities("test"))
+
+
+def test_pretrain_writes_xnemo_layout_that_loads_exactly(cfg, teacher):
+    encoder, info, path = teacher
+    for key in ("mae", "baseline_mae", "per_parameter_mae", "same_expression_distance_ratio", "history"):
+        assert key in info
+    assert set(info["per_parameter_mae"]) == set(record.EXPRESSION_NAMES)
+    assert json.loads(path.with_suffix(".json").read_text())["mae"] == pytest.approx(info["mae"])
+    fresh = MotionEncoder(cfg.model, rngs=nnx.Rngs(7))
+    fresh.eval()
+    sha = load_motion_weights(fresh, path)
+    assert sha == file_sha256(path) and len(sha) == 64
+    frames = np.random.default_rng(0).uniform(size=(3, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_codes(fresh, frames), _codes(encoder, frames))
+
+
+def test_load_errors_name_file_and_tensor(cfg, teacher, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    _, _, path = teacher
+    enc = MotionEncoder(cfg.model, rngs=nnx.Rngs(0))
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        load_motion_weights(enc, tmp_path / "missing.safetensors")
+    sd = load_file(str(path))
+    cases = {
+        "missing": ({k: v for k, v in sd.items() if k != "final_proj.bias"}, "final_proj.bias"),
+        "unexpected": ({**sd, "extra.weight": np.zeros((2,), np.float32)}, "extra.weight"),
+        "shape": ({**sd, "final_proj.bias": np.zeros((3,), np.float32)}, "final_proj.bias"),
+    }
+    for name, (bad, tensor) in cases.items():
+        f = tmp_path / f"{name}.safetensors"
+        save_file(bad, str(f))
+        with pytest.raises(ValueError, match=rf"{f.name}.*{tensor}|{tensor}.*{f.name}"):
+            load_motion_weights(enc, f)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="junk.safetensors"):
+        load_motion_weights(enc, junk)
+
+
+def test_freeze_needs_weights(cfg):
+    bad = apply_overrides(cfg, ["model.motion.freeze=true", "model.motion.weights="])
+    with pytest.raises(ConfigError, match="model.motion.weights"):
+        motion_weights.prepare(bad)
+
+
+def test_prepare_records_hash_and_refuses_another_file(cfg, teacher):
+    _, _, path = teacher
+    run = motion_weights.prepare(apply_overrides(cfg, [f"model.motion.weights={path}", "model.motion.freeze=true"]))
+    assert run.model.motion.weights_sha256 == file_sha256(path)
+    with pytest.raises(ConfigError, match="weights_sha256"):
+        motion_weights.prepare(apply_overrides(cfg, [f"model.motion.weights={path}", "model.motion.weights_sha256="
+                                                     + "0" * 64]))
+
+
+def test_teacher_resolves_to_the_cache(cfg, teacher):
+    """``weights=teacher`` names the cache file of the config's default settings; a file placed there is
+    used as is (nothing is pretrained)."""
+    encoder, info, _ = teacher
+    run = apply_overrides(cfg, ["model.motion.weights=teacher", "model.motion.freeze=true"])
+    target = motion_teacher.cache_path(run)
+    assert target.parent.name == "motion_cache" and target.parent.parent == motion_teacher.Path(cfg.data.data_dir)
+    motion_teacher.save(encoder, info, target)
+    path, got = motion_teacher.ensure(run)
+    assert path == target and got["cached"]
+    assert motion_weights.prepare(run).model.motion.weights_sha256 == file_sha256(target)
+    other = apply_overrides(run, ["model.motion.code_dim=256"])  # another architecture: another file
+    assert motion_teacher.cache_path(other) != target
+
+
+def test_frozen_encoder_is_bit_identical_after_training_steps(cfg, teacher):
+    """The real Instant4D through Trainer.step with frozen pretrained weights: the motion encoder's
+    variables equal the file's and its outputs do not change, while the rest of the model trains."""
+    from jax_instant4d import data
+    from jax_instant4d.train.sharding import make_mesh, to_global
+    from jax_instant4d.train.step import Trainer
+
+    encoder, _, path = teacher
+    run = motion_weights.prepare(apply_overrides(cfg, [f"model.motion.weights={path}", "model.motion.freeze=true",
+                                                       "train.loss.delta_f=0.001"]))
+    data.ensure_dataset(run, progress=False)
+    mesh = make_mesh(run.train.mesh)
+    trainer = Trainer(run, mesh, log=lambda _: None)
+    state = trainer.init()
+    assert "motion_encoder" in state.frozen and "motion_encoder" not in state.params
+    want = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
+    got = jax.device_get(state.frozen["motion_encoder"])
+    for (p, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree_util.tree_leaves_with_path(got),
+                              strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(p))
+
+    def codes(st):
+        model = trainer.mdef.merge(st.params, st.frozen, st.rest, jax.random.key(0))
+        return np.asarray(model.motion(frames).code)
+
+    frames = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 64, 64, 3)), jnp.float32)
+    before_codes = codes(state)
+    before_params = jax.device_get(state.params)
+    it = data.make_pipeline(run, "train", int(run.train.batch_size))
+    for _ in range(2):
+        state, metrics = trainer.step(state, to_global(next(it), mesh), int(run.model.image_size))
+        assert np.isfinite(float(metrics["loss"]))
+    np.testing.assert_array_equal(codes(state), before_codes)
+    after = jax.device_get(state.params)
+    moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before_params), strict=True)]
+    assert max(moved) > 0  # the avatar itself trains
