@@ -104,9 +104,17 @@ def _bin_segment(prep, s, *, width, height, budget):
     order, cs, ints, floats = prep
     n = order.shape[0]
     num_tiles = (-(-width // TILE_EXACT)) * (-(-height // TILE_EXACT))
-    slot = s * budget + jnp.arange(budget, dtype=jnp.int32)
-    g = jnp.minimum(jnp.searchsorted(cs, slot, side="right", method="sort").astype(jnp.int32), n - 1)
-    local = slot - jnp.where(g > 0, cs[jnp.maximum(g - 1, 0)], 0)  # rank of the slot among g's tiles
+    base = s * budget
+    slot = base + jnp.arange(budget, dtype=jnp.int32)
+    # Owner of each slot: the Gaussian g with start_g <= slot < cs_g. Linear time (jnp.searchsorted's
+    # sort method costs 7x more here): mark each Gaussian's first slot inside the window, seed the first
+    # slot with the Gaussian that straddles the window's start, and carry the largest index forward.
+    start = cs - jnp.diff(cs, prepend=0)
+    inside = jnp.where((start > base) & (start < base + budget), start - base, budget)
+    owner = jnp.zeros((budget,), jnp.int32).at[inside].max(jnp.arange(n, dtype=jnp.int32), mode="drop")
+    owner = owner.at[0].max(jnp.sum(cs <= base, dtype=jnp.int32))
+    g = jnp.minimum(lax.cummax(owner, axis=0), n - 1)
+    local = slot - start[g]  # rank of the slot among g's tiles
     tile, meets = _pair_tile(ints[g], floats[g], local, width=width, height=height, tile=TILE_EXACT)
     key = jnp.where((slot < cs[-1]) & meets, tile, num_tiles)
     slot_sorted, per_tile, tile_start = _group_by_tile(key, num_tiles)
