@@ -59,6 +59,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from jax_instant4d.config import ConfigDict, ConfigError, apply_overrides, load_config_file
 
 Value = str | int | float | bool | tuple | list | None
@@ -66,7 +68,8 @@ Value = str | int | float | bool | tuple | list | None
 ACTIONS = ("launch", "collect", "run-one", "list")
 RECORD = "sweep_run.json"  # per run: status, commands, return codes, times
 LOG = "sweep_run.log"  # per run: train and eval output
-SWEEP_KEYS = ("name", "config", "workdir", "fixed", "grid", "zip", "runs", "split", "eval_args", "baseline")
+SWEEP_KEYS = ("name", "config", "workdir", "fixed", "grid", "zip", "runs", "split", "eval_args", "baseline",
+              "seed_keys")
 # Keys whose change in a run directory is no reason to start afresh: train resumes and trains further.
 RESUMABLE_KEYS = ("train.steps",)
 # Statuses: finished | failed | interrupted | running | incomplete | stale | pending
@@ -105,6 +108,9 @@ class Sweep:
     split: str = "heldout"
     eval_args: tuple[str, ...] = ()
     baseline: str | None = None  # a run's name: the table gives every run's paired difference to it
+    # override keys that only reseed a run: runs equal in every other override form one group, reported as
+    # the mean and spread over its seeds
+    seed_keys: tuple[str, ...] = ()
     # per run index: the resolved value of every override key, JSON-normalised (tuples as lists)
     expected: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
@@ -315,8 +321,12 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = ()) -> Sweep:
     baseline = spec.get("baseline")
     if baseline is not None and str(baseline) not in names:
         raise SweepError(f"{where}: baseline {baseline!r} is not one of the runs ({', '.join(names)})")
+    seed_keys = tuple(str(k) for k in (spec.get("seed_keys") or ()))
+    for k in seed_keys:
+        if k not in swept:
+            raise SweepError(f"{where}: seed key {k!r} is not swept by any run (swept: {', '.join(swept)})")
     sweep = Sweep(name, path, str(spec["config"]), root, fixed, runs, split, eval_args,
-                  None if baseline is None else str(baseline))
+                  None if baseline is None else str(baseline), seed_keys)
     try:
         base = load_config_file(sweep.config)
     except ConfigError as e:
@@ -801,19 +811,96 @@ def collect(sweep: Sweep, *, plot: bool = True, say: Callable[[str], None] = pri
     for r in rows:
         r["vs_baseline"] = versus_baseline(r["eval"], base["eval"] if base else None) if sweep.baseline else None
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    groups = seed_groups(sweep, rows)
     summary = {"sweep": sweep.name, "sweep_file": str(sweep.path), "config": sweep.config, "root": str(sweep.root),
-               "split": sweep.split, "baseline": sweep.baseline,
+               "split": sweep.split, "baseline": sweep.baseline, "seed_keys": list(sweep.seed_keys), "groups": groups,
                "fixed": {k: cli_value(v) for k, v in sweep.fixed.items()},
                "collected": _now(), "counts": counts, "runs": rows}
     sweep.root.mkdir(parents=True, exist_ok=True)
     _write_json(sweep.root / "sweep.json", summary)
-    (sweep.root / "sweep.md").write_text(markdown_table(sweep, rows, counts))
+    (sweep.root / "sweep.md").write_text(markdown_table(sweep, rows, counts) + seeds_table(sweep, groups))
     say(f"[sweep {sweep.name}] wrote {sweep.root / 'sweep.md'} and sweep.json: "
         + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if plot:
         plot_quality_speed(sweep, rows, sweep.root / "sweep.png")
         say(f"[sweep {sweep.name}] wrote {sweep.root / 'sweep.png'}")
     return summary
+
+
+# Over seeds: (header, path in the eval JSON or "gap" for the expression gap closed, digits)
+SEED_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    ("self PSNR (dB)", ("self", "psnr"), 2),
+    ("self eyes+mouth PSNR (dB)", ("self", "region_psnr"), 2),
+    ("eyes+mouth − undriven (dB)", ("self", "region_psnr", "-", "self", "region_psnr_undriven"), 2),
+    ("self expr. err", ("self", "expression_error"), 4),
+    ("self gap closed", ("gap", "self"), 2),
+    ("cross expr. err", ("cross", "expression_error"), 4),
+    ("cross gap closed", ("gap", "cross"), 2),
+)
+
+
+def _seed_value(ev: dict[str, Any] | None, path: tuple[str, ...]) -> float | None:
+    if path[0] == "gap":
+        from jax_instant4d.eval.paper import gap_closed
+
+        return gap_closed((ev or {}).get(path[1]) or {})
+    if "-" in path:
+        i = path.index("-")
+        a, b = _metric(ev, path[:i]), _metric(ev, path[i + 1:])
+        return None if a is None or b is None else a - b
+    return _metric(ev, path)
+
+
+def seed_groups(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs equal in every override but ``sweep.seed_keys``, with the mean and the spread (sample standard
+    deviation; the range too) over their finished seeds of each :data:`SEED_COLUMNS` metric."""
+    if not sweep.seed_keys:
+        return []
+    groups: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        rest = {k: v for k, v in r["overrides"].items() if k not in sweep.seed_keys}
+        key = json.dumps(rest, sort_keys=True)
+        g = groups.setdefault(key, {"overrides": rest, "runs": [], "finished": 0, "metrics": {}})
+        g["runs"].append(r["name"])
+        if r["status"] == "finished" and r["eval"]:
+            g["finished"] += 1
+            for h, path, _d in SEED_COLUMNS:
+                v = _seed_value(r["eval"], path)
+                if v is not None:
+                    g["metrics"].setdefault(h, []).append(float(v))
+    out = []
+    for g in groups.values():
+        stats = {}
+        for h, vals in g["metrics"].items():
+            a = np.asarray(vals, np.float64)
+            stats[h] = {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else None,
+                        "min": float(a.min()), "max": float(a.max()), "n": int(a.size), "values": vals}
+        out.append({"overrides": g["overrides"], "runs": g["runs"], "finished": g["finished"], "stats": stats})
+    return out
+
+
+def seeds_table(sweep: Sweep, groups: list[dict[str, Any]]) -> str:
+    if not groups:
+        return ""
+    head = ["group", "seeds finished", *(h for h, _p, _d in SEED_COLUMNS)]
+    lines = ["", f"## Over seeds ({', '.join(f'`{k}`' for k in sweep.seed_keys)})", "",
+             "| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(SEED_COLUMNS)]
+    for g in groups:
+        name = ", ".join(f"`{k}={cli_value(v)}`" for k, v in g["overrides"].items()) or "(base)"
+        cells = [name, f"{g['finished']} of {len(g['runs'])}"]
+        for h, _p, d in SEED_COLUMNS:
+            st = g["stats"].get(h)
+            if st is None:
+                cells.append(MISSING)
+            elif st["std"] is None:
+                cells.append(f"{st['mean']:.{d}f} (1 seed)")
+            else:
+                cells.append(f"{st['mean']:.{d}f} ± {st['std']:.{d}f}")
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", "Mean ± sample standard deviation over the seeds (each seed a separately trained run); per-seed "
+                  "values in sweep.json. Gap closed: (undriven − ours) / (undriven − reference) of the expression "
+                  "error.", ""]
+    return "\n".join(lines)
 
 
 # Paired differences to the baseline run: (header, key of the eval's self.per_frame)

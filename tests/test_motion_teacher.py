@@ -159,3 +159,21 @@ def test_frozen_encoder_is_bit_identical_after_training_steps(cfg, teacher):
     moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
              for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before_params), strict=True)]
     assert max(moved) > 0  # the avatar itself trains
+
+
+def test_readout_projection_keeps_predictions_and_drops_the_rest(cfg):
+    """After the projection the code (less the constant token positions) lies in the span of the read-out's
+    weights, and the read-out predicts exactly what it predicted before."""
+    model = motion_teacher._Pretrain(motion_teacher._encoder_config(cfg), rngs=nnx.Rngs(3))
+    model.eval()
+    frames = jnp.asarray(np.random.default_rng(2).uniform(size=(4, 64, 64, 3)), jnp.float32)
+    before = np.asarray(model.codes(frames, 64))
+    pred_before = np.asarray(model.readout(jnp.asarray(before)))
+    motion_teacher.project_to_readout(model)
+    after = np.asarray(model.codes(frames, 64))
+    np.testing.assert_allclose(np.asarray(model.readout(jnp.asarray(after))), pred_before, rtol=1e-4, atol=1e-4)
+    w = np.asarray(model.readout.kernel[...], np.float64)
+    pos = model.encoder.token_positions().reshape(-1)
+    residual = (after - pos) - (after - pos) @ w @ np.linalg.pinv(w)
+    assert np.abs(residual).max() < 1e-3 * np.abs(after - pos).max()
+    assert np.abs(before - after).max() > 1e-2  # it did remove something

@@ -506,3 +506,43 @@ def test_eval_writing_nothing_is_a_failure(tmp_path, fake):
     shutil.rmtree(sw.root)
     st = S.launch(sw, commands=missing, say=lambda _: None).states["fusion-local"]
     assert st.status == "failed" and st.detail == "train exited with status 127"
+
+
+def test_seed_groups_mean_and_spread(tmp_path):
+    f = write_sweep(tmp_path / "s.py", workdir=tmp_path / "root", grid={"model.fusion": ["local", "none"]},
+                    zip=[{"seed": [0, 1, 2], "train.seed": [0, 1, 2]}], seed_keys=["seed", "train.seed"])
+    sw = S.load_sweep(f)
+    assert sw.seed_keys == ("seed", "train.seed") and len(sw.runs) == 6
+    rng = np.random.default_rng(1)
+
+    def ev(psnr, region, und, e, e_und, e_ref):
+        return {"self": {"psnr": psnr, "region_psnr": region, "region_psnr_undriven": und, "expression_error": e,
+                         "expression_error_undriven": e_und, "expression_error_teacher": e_ref},
+                "cross": {"expression_error": e, "expression_error_undriven": e_und, "expression_error_teacher": e_ref}}
+
+    rows, want = [], {}
+    for run in sw.runs:
+        vals = rng.uniform(0.1, 0.3, 3)
+        p = float(rng.normal(22, 0.3))
+        e = ev(p, p - 3, p - 4, float(vals[1]), float(vals[2]), float(vals[0] / 2))
+        status = "failed" if run.overrides.get("seed") == 2 and run.overrides["model.fusion"] == "none" else "finished"
+        rows.append({"name": run.name, "overrides": S._normalise(run.overrides), "status": status, "eval": e})
+        if status == "finished":
+            want.setdefault(run.overrides["model.fusion"], []).append(e)
+    groups = {g["overrides"]["model.fusion"]: g for g in S.seed_groups(sw, rows)}
+    assert set(groups) == {"local", "none"}
+    assert groups["local"]["finished"] == 3 and groups["none"]["finished"] == 2 and len(groups["none"]["runs"]) == 3
+    for fusion, evs in want.items():
+        st = groups[fusion]["stats"]
+        psnr = np.array([x["self"]["psnr"] for x in evs])
+        assert st["self PSNR (dB)"]["mean"] == pytest.approx(psnr.mean())
+        assert st["self PSNR (dB)"]["std"] == pytest.approx(psnr.std(ddof=1))
+        assert st["eyes+mouth − undriven (dB)"]["mean"] == pytest.approx(1.0)
+        gap = [(x["self"]["expression_error_undriven"] - x["self"]["expression_error"])
+               / (x["self"]["expression_error_undriven"] - x["self"]["expression_error_teacher"]) for x in evs]
+        assert st["self gap closed"]["values"] == pytest.approx(gap)
+    md = S.seeds_table(sw, list(groups.values()))
+    assert "3 of 3" in md and "2 of 3" in md and "## Over seeds (`seed`, `train.seed`)" in md
+    with pytest.raises(S.SweepError, match="seed key 'data.shuffle_seed'"):
+        S.load_sweep(write_sweep(tmp_path / "bad.py", grid={"model.fusion": ["local"]},
+                                 seed_keys=["data.shuffle_seed"]))
