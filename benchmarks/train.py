@@ -2,6 +2,7 @@
 
     python benchmarks/train.py                        # configs/small.py on 1, 2, 4 host CPU devices
     python benchmarks/train.py --devices 1,4 --steps 10 --config.train.batch_size=8
+    python benchmarks/train.py --first-step           # time to the first step, cold vs warm cache
 
 Each device count runs in its own process (host devices are fixed at JAX start-up) with the mesh
 (data=D, fsdp=1, model=1) and the config's global batch. Measured, after compilation, as medians over
@@ -15,6 +16,12 @@ Each device count runs in its own process (host devices are fixed at JAX start-u
 Shares of a step: data = data / (data + step); render = render; model = fwd+bwd - render;
 optimiser = step - fwd+bwd (the remainder: updates, clipping, EMA, the skip logic). The phases are
 timed separately, so the shares are estimates (XLA overlaps and fuses differently inside one step).
+
+``--first-step`` measures what a user waits for before the first step, twice in fresh processes
+sharing a new persistent compilation cache (``train.compilation_cache``): *cold* (empty cache) and
+*warm* (a rerun or a resume). Phases: model set-up and initialisation (``init``), tracing and lowering
+the step (``trace``), compiling it or loading it from the cache (``compile``) and running it
+(``run``); the cache's entries are counted before and after each run (a warm run adds none).
 """
 
 from __future__ import annotations
@@ -125,6 +132,72 @@ def worker(args: argparse.Namespace, overrides: list[str]) -> dict:
             "render_s": render_s, "targets": int(k_)}
 
 
+def first_step_worker(args: argparse.Namespace, overrides: list[str]) -> dict:
+    """One cold or warm start: set-up + init, trace, compile (or cache load) and the first step, timed."""
+    import jax
+
+    from jax_instant4d.config import get_config
+    from jax_instant4d.train.distributed import enable_compilation_cache
+    from jax_instant4d.train.loop import default_data_factory
+    from jax_instant4d.train.sharding import make_mesh, to_global
+    from jax_instant4d.train.step import Trainer, resolution_at
+
+    cfg = get_config(args.config, [*overrides, "train.loss.adversarial_start=-1"])
+    cache = enable_compilation_cache(args.cache, cfg.workdir)
+    entries = len(list(cache.iterdir()))
+    t0 = time.perf_counter()
+    mesh = make_mesh(cfg.train.mesh)
+    trainer = Trainer(cfg, mesh, log=lambda _: None)
+    state = jax.block_until_ready(trainer.init())
+    init_s = time.perf_counter() - t0
+    batch = to_global(next(default_data_factory(cfg, "train", cfg.train.batch_size, 0, 1)), mesh)
+    res = resolution_at(0, cfg.train.resolution_schedule, int(cfg.model.image_size))
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh):
+        lowered = trainer.step_fn(res).lower(state, batch, trainer.nets)
+    trace_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh):
+        jax.block_until_ready(compiled(state, batch, trainer.nets))
+    run_s = time.perf_counter() - t0
+    return {"init_s": init_s, "trace_s": trace_s, "compile_s": compile_s, "run_s": run_s,
+            "first_step_s": init_s + trace_s + compile_s + run_s, "cache_entries_before": entries,
+            "cache_entries_after": len(list(cache.iterdir()))}
+
+
+def first_step(args: argparse.Namespace, overrides: list[str]) -> int:
+    import tempfile
+
+    cache = tempfile.mkdtemp(prefix="instant4d-bench-cache-")
+    rows = {}
+    for name in ("cold", "warm"):
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        cmd = [sys.executable, __file__, "--first-step-worker", "--cache", cache, "--config", args.config, *overrides]
+        print(f"[{name}] running ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+            return 1
+        rows[name] = json.loads(lines[-1][len("RESULT "):])
+        print(f"[{name}] {rows[name]}", file=sys.stderr, flush=True)
+    print(f"Time to the first training step, {Path(args.config).name} {' '.join(overrides)}, {os.cpu_count()} "
+          f"cores; persistent compilation cache {cache}")
+    print("| start | init (s) | trace (s) | compile (s) | run (s) | first step (s) | cache entries added |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['init_s']:.1f} | {r['trace_s']:.1f} | {r['compile_s']:.1f} | {r['run_s']:.1f} | "
+              f"{r['first_step_s']:.1f} | {r['cache_entries_after'] - r['cache_entries_before']} |")
+    print(f"warm / cold: {rows['warm']['first_step_s'] / rows['cold']['first_step_s']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
 def table(rows: list[dict]) -> str:
     head = ("devices", "batch", "res", "step (s)", "examples/s", "speed-up", "data", "model", "render", "optimiser",
             "compile (s)")
@@ -152,7 +225,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed calls per phase (medians)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help="also write the measurements here")
+    parser.add_argument("--first-step", action="store_true",
+                        help="time to the first step with a cold and a warm compilation cache")
+    parser.add_argument("--first-step-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.first_step_worker:
+        print("RESULT " + json.dumps(first_step_worker(args, overrides)), flush=True)
+        return 0
+    if args.first_step:
+        return first_step(args, overrides)
     if args.worker:
         print("RESULT " + json.dumps(worker(args, overrides)), flush=True)
         return 0

@@ -36,7 +36,7 @@ def _commands():
     return cmds
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
     """The package's log messages (``logging.getLogger("jax_instant4d...")``) go to stderr, one line each."""
     import logging
 
@@ -52,7 +52,7 @@ def _setup_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     from jax_instant4d.config import ConfigError, split_config_args
 
-    _setup_logging()
+    setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         argv, overrides = split_config_args(argv)

@@ -3,7 +3,8 @@ preemption by SIGTERM, and a kill -9 in the middle of a run, each checked agains
 reference run on the same data.
 
 The processes run the real loop (``jax_instant4d.train.loop.train``) with the stand-in model and data
-of ``test_train_fakes`` (its ``main``), and share a persistent compilation cache.
+of ``test_train_fakes`` (its ``main``), and share a persistent compilation cache. The last tests use
+the real grain pipeline on a synthetic dataset that the run itself generates.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 from test_train_fakes import FakeInstant4D, tiny_config
 
@@ -178,3 +180,127 @@ def test_local_launcher_two_processes_preempt_resume_and_agree(tmp_path, env, re
     assert sorted(got) == list(range(1, s0 + 3))
     for s in sorted(set(got) & set(reference)):
         assert got[s] == pytest.approx(reference[s], rel=1e-5), (s, got, reference)
+
+
+# --------------------------------------------------------------------------------------------------
+# the first run (real pipeline, empty data directory), kill -9 of one process, resume; a lost peer
+# without the launcher
+# --------------------------------------------------------------------------------------------------
+
+REAL_DATA = ["--config.data.num_identities=4", "--config.data.heldout_identities=1",
+             "--config.data.clips_per_identity=1", "--config.data.time_steps=2", "--config.data.views=2",
+             "--config.train.eval_batches=0", "--config.train.mesh=(2,1,1)", "--config.train.checkpoint_every=2",
+             "--config.train.async_checkpoint=true", "--config.train.steps=6"]
+
+
+def _launch_real_data(tmp_path: Path, env: dict, workdir: Path, data_dir: Path, name: str,
+                      delay: float = 0.0) -> subprocess.Popen:
+    entry = [*WORKER, "--real-data"] + (["--prepare-delay", str(delay)] if delay else [])
+    launch_env = dict(env, DEVICES_PER_PROCESS="1", LOG_DIR=str(tmp_path / name), PYTHON=sys.executable,
+                      INSTANT4D_ENTRY=" ".join(entry), GRACE="3")
+    out = open(tmp_path / f"{name}.out", "w")  # noqa: SIM115 (lives as long as the process)
+    return subprocess.Popen(["bash", str(ROOT / "launch" / "local.sh"), "2", "--workdir", str(workdir),
+                             f"--config.data.data_dir={data_dir}", *REAL_DATA], env=launch_env, cwd=ROOT,
+                            stdout=out, stderr=subprocess.STDOUT)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+        if ppid == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _worker_pid(launcher: subprocess.Popen, process_id: int) -> int:
+    for pid in _children(launcher.pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--process_id" in cmd and cmd[cmd.index(b"--process_id") + 1] == str(process_id).encode():
+            return pid
+    raise AssertionError(f"no process {process_id} under the launcher")
+
+
+def _params(workdir: Path, step: int) -> list:
+    cfg = tiny_config(workdir, mesh=(1, 1, 1))
+    _, state = restore_state(cfg, step, model_factory=FakeInstant4D, mesh=make_mesh((1, 1, 1), jax.devices()[:1]))
+    return jax.tree.leaves(jax.device_get(state.params))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the launcher's processes in /proc")
+def test_first_run_on_empty_data_dir_then_kill9_of_one_process_and_resume(tmp_path, env):
+    """Two processes, the real grain pipeline, an empty data directory: process 0 generates the dataset
+    (made to take over 30 s, gloo's limit for a collective's set-up) while process 1 waits through the
+    coordination service. Then a second run loses process 1 to kill -9 after its first checkpoint: the
+    launcher stops process 0 and exits non-zero; the same command resumes and ends with the losses of
+    every step and the final parameters of the uninterrupted first run, bit for bit."""
+    data_dir = tmp_path / "data"
+    first = tmp_path / "first"
+    proc = _launch_real_data(tmp_path, env, first, data_dir, "first", delay=30)
+    assert proc.wait(timeout=TIMEOUT) == 0, (tmp_path / "first.out").read_text()[-3000:]
+    log1 = (tmp_path / "first" / "process_1.log").read_text()
+    assert "process 1: waiting for process 0 to prepare dataset" in log1
+    assert "[process 1/2] finished at step 6" in log1
+    reference = {s: r["loss"] for s, r in read_metrics(first).items()}
+    assert sorted(reference) == list(range(1, 7))
+
+    second = tmp_path / "second"
+    proc = _launch_real_data(tmp_path, env, second, data_dir, "second")
+    deadline = time.monotonic() + TIMEOUT
+    while not (second / "checkpoints" / "2").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "second.out").read_text()[-3000:]
+        time.sleep(0.05)
+    victim = _worker_pid(proc, 1)
+    survivor = _worker_pid(proc, 0)
+    os.kill(victim, signal.SIGKILL)
+    rc = proc.wait(timeout=120)  # GRACE=3: process 0 gets SIGTERM, then SIGKILL
+    out = (tmp_path / "second.out").read_text()
+    assert rc != 0 and f"(pid {victim}) exited with" in out, out[-3000:]
+    assert not Path(f"/proc/{survivor}").exists() or "Z" in Path(f"/proc/{survivor}/stat").read_text().split()[2]
+
+    proc = _launch_real_data(tmp_path, env, second, data_dir, "second")
+    assert proc.wait(timeout=TIMEOUT) == 0, (tmp_path / "second.out").read_text()[-3000:]
+    assert re.search(r"resumed from checkpoint step [246]\b", (tmp_path / "second" / "process_0.log").read_text())
+    got = {s: r["loss"] for s, r in read_metrics(second).items()}
+    assert got == reference
+    lines = [ln for ln in (second / "metrics.jsonl").read_text().splitlines() if '"kind": "train"' in ln]
+    assert len(lines) == 6  # each step once, also those replayed after the resume
+    for a, b in zip(_params(first, 6), _params(second, 6), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_survivor_without_the_launcher_exits_within_the_heartbeat_bound(tmp_path, env):
+    """No launcher: process 1 is killed with -9; process 0, blocked in a collective, is told by the peer
+    watchdog (train.heartbeat_timeout_s=10) and exits with status 75 and one line naming process 1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path / "run"
+    procs, logs = [], []
+    for i in range(2):
+        logs.append(tmp_path / f"p{i}.log")
+        procs.append(subprocess.Popen(
+            [*WORKER, "--workdir", str(workdir), "--config.train.steps=100000", "--config.train.eval_batches=0",
+             "--config.train.mesh=(2,1,1)", "--config.train.heartbeat_timeout_s=10", "--coordinator_address",
+             f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
+            env=env, cwd=ROOT, stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT))  # noqa: SIM115
+    try:
+        _wait_for_step(procs[0], workdir, 3)
+        procs[1].send_signal(signal.SIGKILL)
+        rc = procs[0].wait(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    text = logs[0].read_text()
+    assert rc == 75, text[-3000:]
+    assert "process 0: process 1 of 2 stopped responding (no heartbeat for" in text
+    assert "Traceback" not in text and "Terminating process" not in text  # before JAX's own abort

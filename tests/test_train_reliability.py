@@ -259,3 +259,10 @@ def test_progress_rate_starts_after_the_compiled_step(capsys, monkeypatch):
     assert "? it/s" in lines[0] and "ETA ?" in lines[0]
     assert "0.50 it/s" in lines[1] and "ETA 00:03:16" in lines[1]
     assert "0.67 it/s" in lines[2]
+
+
+def test_eta_of_days_does_not_wrap():
+    from jax_instant4d.train.metrics import format_duration
+
+    assert format_duration(196) == "00:03:16"
+    assert format_duration(2 * 86400 + 3661) == "2d 01:01:01"

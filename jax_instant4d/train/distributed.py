@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -190,46 +191,81 @@ def all_flags(name: str, flag: bool, timeout_s: float) -> list[bool]:
 class PeerWatchdog:
     """Ends this process with a one-line message when another process of the run is gone.
 
-    A process killed with -9 (or by the OOM killer) leaves the others blocked in a collective. The
-    coordination service declares it dead after ``heartbeat_timeout_s`` without a heartbeat; this
-    thread asks the service every ``poll_s`` seconds which processes are alive and, when one is missing
-    (or process 0, which hosts the service, no longer answers), logs which and exits with status
-    ``exit_code`` (the blocked main thread cannot unwind). Without ``jax.distributed``: does nothing.
+    A process killed with -9 (or by the OOM killer) leaves the others blocked in a collective until
+    JAX's coordination service misses its heartbeats for ``heartbeat_timeout_s`` and aborts them with a
+    C++ stack trace. This thread keeps a heartbeat of its own in the service's key-value store (a
+    counter it advances every ``heartbeat_timeout_s / 20`` seconds, at most every 0.25 s) and watches
+    the others' (``close`` marks this process as done, so it may exit first). A process whose counter
+    stood still for ``0.35 * heartbeat_timeout_s`` (after it was first seen), or a coordinator (process
+    0) that no longer answers, is reported in one line and this process exits with status
+    ``exit_code`` (the blocked main thread cannot unwind), before JAX's own abort (which comes half a
+    timeout or more after the last heartbeat). Without ``jax.distributed``: does nothing.
     """
 
-    def __init__(self, distributed: bool, poll_s: float = 2.0, exit_code: int = 75):
+    def __init__(self, distributed: bool, heartbeat_timeout_s: float = 60.0, exit_code: int = 75):
         self._stop = threading.Event()
         self._thread = None
-        self.poll_s, self.exit_code = float(poll_s), int(exit_code)
+        self.period = max(0.25, float(heartbeat_timeout_s) / 20)
+        self.lost_after = 0.35 * float(heartbeat_timeout_s)
+        self.exit_code = int(exit_code)
         if distributed and jax.process_count() > 1:
             self._thread = threading.Thread(target=self._run, name="instant4d-peer-watchdog", daemon=True)
             self._thread.start()
 
-    def _lost(self) -> str | None:
-        n, me = jax.process_count(), jax.process_index()
-        try:
-            live = _client().get_live_nodes(list(range(n)))
-        except Exception as e:  # the service (process 0) is gone, or this call is unsupported
-            text = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if "UNIMPLEMENTED" in text:
-                self._stop.set()
-                return None
-            return f"process 0 (the coordinator) does not answer ({text})" if me != 0 else None
-        missing = sorted(set(range(n)) - {int(k) for k in live})
-        if missing:
-            return f"process(es) {', '.join(map(str, missing))} of {n} stopped (no heartbeat)"
-        return None
-
     def _run(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            lost = self._lost()
+        n, me = jax.process_count(), jax.process_index()
+        client = _client()
+        beat, seen = 0, {}  # process -> (last counter, monotonic time it changed)
+        while not self._stop.is_set():
+            beat += 1
+            now = time.monotonic()
+            lost = None
+            try:
+                client.key_value_set(f"instant4d/alive/{me}", str(beat), allow_overwrite=True)
+                for i in range(n):
+                    if i == me:
+                        continue
+                    try:
+                        value = client.key_value_try_get(f"instant4d/alive/{i}")
+                    except Exception as e:  # NOT_FOUND until that process starts its watchdog
+                        if "NOT_FOUND" in str(e) or "not found" in str(e).lower():
+                            continue
+                        raise
+                    last = seen.get(i)
+                    if value == "closed":  # that process left the step loop normally
+                        continue
+                    if last is None or last[0] != value:
+                        seen[i] = (value, now)
+                    elif now - last[1] > self.lost_after:
+                        lost = f"process {i} of {n} stopped responding (no heartbeat for {now - last[1]:.0f} s)"
+                        break
+            except Exception as e:  # the service itself (process 0) is gone
+                if me != 0:
+                    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    lost = f"process 0 (the coordinator) does not answer ({text[:120]})"
             if lost and not self._stop.is_set():
                 log.error("process %d: %s; stopping (rerun the same command to resume from the last complete "
-                          "checkpoint)", jax.process_index(), lost)
+                          "checkpoint)", me, lost)
                 logging.shutdown()
                 os._exit(self.exit_code)
+            self._stop.wait(self.period)
+
+    def settle(self) -> None:
+        """Call after an error that a lost peer can cause (a collective failing with "connection reset"):
+        waits long enough for the watchdog to notice a lost process (it then ends this process with its
+        one-line message); returns if every process is still there."""
+        if self._thread is not None and not self._stop.is_set():
+            self._stop.wait(self.lost_after + 4 * self.period)
 
     def close(self) -> None:
+        """Stops watching; the others stop watching this process (it may now exit before them)."""
+        if self._thread is not None and not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(timeout=5)
+            try:
+                _client().key_value_set(f"instant4d/alive/{jax.process_index()}", "closed", allow_overwrite=True)
+            except Exception as e:  # the service is gone already: nobody is watching
+                log.debug("peer watchdog: %s", e)
         self._stop.set()
 
 

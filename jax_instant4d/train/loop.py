@@ -293,8 +293,12 @@ def train(cfg: ConfigDict, *, model_factory: ModelFactory | None = None, data_fa
                           "discriminator": trainer.state_shardings.disc})
         (workdir / "parameters.txt").write_text(f"mesh {dict(mesh.shape)}\n\n{table}\n")
 
-    peers = PeerWatchdog(distributed)
-    data_iter = data_factory(cfg, TRAIN_SPLIT, t.batch_size // pcount, pid, pcount)
+    peers = PeerWatchdog(distributed, float(t.heartbeat_timeout_s))
+    try:
+        data_iter = data_factory(cfg, TRAIN_SPLIT, t.batch_size // pcount, pid, pcount)
+    except BaseException:
+        peers.close()
+        raise
     ckpt = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, async_save=t.async_checkpoint)
     try:
         state, latest = _restore_latest(ckpt, trainer, data_iter, bool(t.allow_fresh_data_order), say)
@@ -392,6 +396,9 @@ def train(cfg: ConfigDict, *, model_factory: ModelFactory | None = None, data_fa
                 status = "preempted"
                 break
         ckpt.wait()
+    except Exception:
+        peers.settle()  # a collective that failed because a process died: the watchdog names it and exits
+        raise
     finally:
         progress.close()
         watcher.close()

@@ -165,6 +165,12 @@ def read_metrics(workdir: str | Path, kind: str = "train") -> dict[int, dict[str
     return out
 
 
+def format_duration(seconds: float) -> str:
+    """``HH:MM:SS``, with ``Nd`` in front from one day on (an ETA of days must not wrap around)."""
+    days, rest = divmod(int(round(seconds)), 86400)
+    return (f"{days}d " if days else "") + time.strftime("%H:%M:%S", time.gmtime(rest))
+
+
 class Progress:
     """Console progress bar with loss and ETA (tqdm on a terminal, plain lines otherwise).
 
@@ -193,7 +199,7 @@ class Progress:
             done = step - self._s0
             rate = done / max(time.time() - self._t0, 1e-9)
             eta = (self.total - step) / rate if rate > 0 else float("inf")
-            eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
+            eta_s = format_duration(eta) if math.isfinite(eta) else "?"
             rate_s = f"{rate:.2f} it/s" if done > 0 else "? it/s"
             print(f"step {step}/{self.total}  loss {loss:.4f}  {extra}  {rate_s}  ETA {eta_s}",
                   file=sys.stderr, flush=True)
