@@ -14,7 +14,7 @@ a warm-up (compilation excluded); each round runs every backend once, in turn, s
 processes falls on all of them alike. ``MiB`` is XLA's memory analysis of the compiled forward +
 backward: arguments + outputs + temporaries (XLA's buffer assignment for the whole program, a bound
 on what is live at once; native kernels' own scratch is not in it). ``overflow`` is what a
-fixed capacity dropped (tile, Gaussian pairs; 0 for exact backends); ``|d img|`` the largest difference
+fixed capacity dropped (tile, Gaussian pairs; 0 for exact backends); ``img err`` the largest difference
 of its image from the first backend's. The last columns are time ratios measured in this run.
 """
 
@@ -116,7 +116,7 @@ def main(argv=None):
     for name in names:
         if parse_backend(name)[0] == "xla":
             cols += [f"{name} overflow"]
-    cols += [f"{name} |d img|" for name in names[1:]]
+    cols += [f"{name} img err" for name in names[1:]]
     ratios = []
     if "xla" in names:
         ratios += [("xla", other) for other in names if other != "xla"]
