@@ -237,7 +237,12 @@ def test_check_grads(rng):
 
 @pytest.mark.parametrize("capacity", [0, 64])
 def test_jit_vmap_shard_map_equal_plain(rng, capacity):
-    scenes = [random_scene(rng, 100, 40, 20, 3) for _ in range(4)]
+    """Exact path: dense scenes (``_dense_scene``: 400 Gaussians on every tile, more than a capacity of
+    256 holds, and pixels that reach the cut); capacity path: random scenes."""
+    if capacity == 0:
+        scenes = [_dense_scene(rng, 40, 20) for _ in range(4)]
+    else:
+        scenes = [random_scene(rng, 100, 40, 20, 3) for _ in range(4)]
     batched = batch_scenes(scenes)
     fn = lambda *a: _xla(*a, 40, 20, capacity=capacity)  # noqa: E731
     plain = fn(*batched)
