@@ -245,7 +245,7 @@ def test_first_run_on_empty_data_dir_then_kill9_of_one_process_and_resume(tmp_pa
     proc = _launch_real_data(tmp_path, env, first, data_dir, "first", delay=30)
     assert proc.wait(timeout=TIMEOUT) == 0, (tmp_path / "first.out").read_text()[-3000:]
     log1 = (tmp_path / "first" / "process_1.log").read_text()
-    assert "process 1: waiting for process 0 to prepare dataset" in log1
+    assert "process 1: waiting for process 0 to prepare the dataset (train split)" in log1
     assert "[process 1/2] finished at step 6" in log1
     reference = {s: r["loss"] for s, r in read_metrics(first).items()}
     assert sorted(reference) == list(range(1, 7))

@@ -15,12 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import jax
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class DistributedError(RuntimeError):
@@ -128,41 +126,42 @@ def _client():
     return client
 
 
-def lead_prepares(name: str, prepare: Callable[[], T], timeout_s: float) -> T | None:
-    """Process 0 runs ``prepare()`` and publishes the outcome under ``name`` in the coordination
-    service's key-value store; every other process waits for it (at most ``timeout_s`` seconds).
+def lead_prepares(key: str, prepare: Callable[[], str], timeout_s: float, what: str | None = None) -> str:
+    """Process 0 runs ``prepare()`` and publishes the string it returns under ``key`` in the
+    coordination service's key-value store; every other process waits for it (at most ``timeout_s``
+    seconds). Returns that string on every process (with one process: ``prepare()``).
 
     Waiting is a key-value lookup, not a collective, so it does not time out after gloo's 30 s while
     process 0 works for minutes. If ``prepare`` raises on process 0, the others raise
-    :class:`DistributedError` with its message at once. Returns ``prepare()``'s result on process 0
-    and ``None`` elsewhere. With one process, just ``prepare()``.
+    :class:`DistributedError` with its message at once. ``what`` names the work in messages.
     """
+    what = what or key
     if jax.process_count() == 1:
         return prepare()
-    key = f"instant4d/{name}"
+    key = f"instant4d/{key}"
     client = _client()
     if jax.process_index() == 0:
         try:
-            result = prepare()
+            result = str(prepare())
         except BaseException as e:
             client.key_value_set(key, f"error: {type(e).__name__}: {e}".splitlines()[0], allow_overwrite=True)
             raise
-        client.key_value_set(key, "ok", allow_overwrite=True)
+        client.key_value_set(key, f"ok: {result}", allow_overwrite=True)
         return result
-    log.info("process %d: waiting for process 0 to prepare %s (at most %.0f s)", jax.process_index(), name,
+    log.info("process %d: waiting for process 0 to prepare %s (at most %.0f s)", jax.process_index(), what,
              timeout_s)
     try:
         value = client.blocking_key_value_get(key, int(timeout_s * 1000))
     except Exception as e:  # the coordination service raises its own error types
         if "DEADLINE_EXCEEDED" in str(e) or "timed out" in str(e).lower():
-            raise DistributedError(f"process {jax.process_index()}: process 0 did not finish preparing {name} "
+            raise DistributedError(f"process {jax.process_index()}: process 0 did not finish preparing {what} "
                                    f"within {timeout_s:.0f} s") from None
         raise DistributedError(f"process {jax.process_index()}: lost contact with process 0 while waiting "
-                               f"for {name}: {str(e).splitlines()[0]}") from None
-    if value != "ok":
-        raise DistributedError(f"process {jax.process_index()}: process 0 failed to prepare {name}: "
+                               f"for {what}: {str(e).splitlines()[0]}") from None
+    if not value.startswith("ok: "):
+        raise DistributedError(f"process {jax.process_index()}: process 0 failed to prepare {what}: "
                                f"{value.removeprefix('error: ')}")
-    return None
+    return value.removeprefix("ok: ")
 
 
 def all_flags(name: str, flag: bool, timeout_s: float) -> list[bool]:

@@ -68,12 +68,14 @@ def default_data_factory(cfg: ConfigDict, split: str, batch_size: int, process_i
 
     path = data.dataset_path(cfg)
     if process_count > 1:
-        lead_prepares(f"dataset {path}", lambda: data.ensure_dataset(cfg), float(cfg.data.ready_timeout_s))
+        lead_path = lead_prepares(f"dataset-{split}", lambda: str(data.ensure_dataset(cfg)),
+                                  float(cfg.data.ready_timeout_s), what=f"the dataset ({split} split)")
         if not builders.is_complete(path):
+            here = "" if str(path) == lead_path else f" (this process looks at {path})"
             raise DatasetNotVisible(
                 f"process {process_index} of {process_count} cannot see the dataset that process 0 prepared at "
-                f"{path}: data.data_dir must be a folder every process sees (a shared filesystem or a bucket "
-                "path; see launch/README.md)")
+                f"{lead_path}{here}: data.data_dir must be a folder every process sees (a shared filesystem or a "
+                "bucket path; see launch/README.md)")
     else:
         data.ensure_dataset(cfg)
     return data.make_pipeline(cfg, split, batch_size, process_index=process_index, process_count=process_count)
@@ -242,10 +244,8 @@ def _restore_latest(ckpt: Checkpointer, trainer: Trainer, data_iter: Any, allow_
         who = [i for i, bad in enumerate(flags) if bad]
         reason = str(damage) if damage is not None else f"process(es) {who} could not read it"
 
-        def set_aside(step=step):
-            return ckpt.set_aside(step) if lead else None
-
-        moved = lead_prepares(f"set-aside-{step}-{attempt}", set_aside, 600.0)
+        moved = lead_prepares(f"set-aside-{step}-{attempt}", lambda step=step: str(ckpt.set_aside(step)), 600.0,
+                              what=f"setting checkpoint step {step} aside")
         ckpt.reload()
         if lead:
             log.warning("%s; moved to %s; trying the previous checkpoint", reason, moved)
