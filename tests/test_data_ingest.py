@@ -418,3 +418,15 @@ sys.exit(cli.main(["data", "ingest", {str(src)!r}, "--out", {str(out)!r}, "--con
             assert list(final.parent.glob(".tmp-*"))  # kill -9: nothing could clean up
     report = ingest.ingest(src, out, RES, log=lambda m: None, progress=False)  # a rerun completes
     assert len(report.written) == 2 and builders.is_complete(final)
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    from jax_instant4d.cli import main
+
+    make_clip(tmp_path / "src", "fine", seed=110)
+    (tmp_path / "out").write_text("a file")
+    rc = main(["data", "ingest", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--config",
+               str(ROOT / "configs/small.py"), f"--config.data.resolution={RES}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err == [f"instant4d data ingest: cannot write into {tmp_path / 'out' / 'teacher_clips'}"
+                                f"/r{RES}: Not a directory"]

@@ -364,8 +364,12 @@ def _interrupts() -> Iterator[Callable[[], None]]:
 def _only_writer(folder: Path) -> Iterator[None]:
     """Holds an exclusive lock on ``folder`` (released by the OS if the process is killed) and removes the
     temporary folders a killed ingest left there: while the lock is held, no other ingest is writing."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".ingest.lock", "w") as lock:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / ".ingest.lock", "w")  # noqa: SIM115 (closed by the with below)
+    except OSError as e:
+        raise IngestError(f"cannot write into {folder}: {e.strerror or e}", IngestReport()) from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
