@@ -385,6 +385,9 @@ def train(cfg: ConfigDict, *, model_factory: ModelFactory | None = None, data_fa
             # into it, so the last checkpoint before the streak stays the newest.
             if (step % t.checkpoint_every == 0 or step == t.steps) and streak == 0:
                 save(step, {BEST_METRIC: evaluated["psnr"]} if evaluated else None)
+            elif step == t.steps:
+                progress.write(f"step {step} is inside a non-finite streak: no checkpoint written for it (the last "
+                               f"one is step {last_good})")
             if watcher.reached(step):
                 if streak:
                     progress.write(f"preemption notice at step {step}, inside a non-finite streak: stopping "
