@@ -43,6 +43,8 @@ def rasterizer_isas() -> list[dict]:
     from rasterizer_ffi import ffi
     from rasterizer_ffi.testing import batch_scenes, shell_scene
 
+    if not ffi.available("cpu"):
+        raise RuntimeError(f"the CPU rasterizer library is not built: {ffi.load_error('cpu')}")
     rng = np.random.default_rng(0)
     w = h = 64
     scene = [jnp.asarray(x) for x in batch_scenes([shell_scene(rng, 4096, w, 3) for _ in range(2)])]

@@ -177,3 +177,9 @@ def test_readout_projection_keeps_predictions_and_drops_the_rest(cfg):
     residual = (after - pos) - (after - pos) @ w @ np.linalg.pinv(w)
     assert np.abs(residual).max() < 1e-3 * np.abs(after - pos).max()
     assert np.abs(before - after).max() > 1e-2  # it did remove something
+
+
+def test_missing_weights_file_is_a_config_error(cfg, tmp_path):
+    run = apply_overrides(cfg, [f"model.motion.weights={tmp_path / 'nope.safetensors'}", "model.motion.freeze=true"])
+    with pytest.raises(ConfigError, match="nope.safetensors"):
+        motion_weights.prepare(run)

@@ -271,7 +271,7 @@ def import_checkpoint(path: str | Path, cfg: ConfigDict | None, workdir: str | P
     abstract = nnx.eval_shape(lambda: Instant4D(cfg, rngs=nnx.Rngs(0)))
     check_state_dict(expected_shapes(abstract), state_dict, str(path))  # before the (slow) initialisation
     trainer = Trainer(cfg, make_mesh(cfg.train.mesh), log=log)
-    state = trainer.init()
+    state = trainer.init(pretrained=False)  # the file holds every parameter, the motion encoder's too
     params, frozen, rest = jax.device_get((state.params, state.frozen, state.rest))
     model = trainer.mdef.merge(params, frozen, rest, jax.random.key(0))
     load_state_dict(model, state_dict, where=str(path))

@@ -66,7 +66,7 @@ def prepare(cfg: ConfigDict, process_index: int = 0, process_count: int = 1) -> 
         else:
             _wait_for(path, process_index)
     if not path.is_file():
-        raise FileNotFoundError(f"motion encoder weights not found: {path} (model.motion.weights)")
+        raise ConfigError(f"model.motion.weights: file not found: {path}")
     sha = file_sha256(path)
     expected = str(cfg.model.motion.weights_sha256)
     if expected and expected != sha:

@@ -194,8 +194,10 @@ class Trainer:
             disc_opt_state=like_params_shardings(abstract.disc_opt_state, disc, mesh),
             skipped=rep, streak=rep)
 
-    def init(self) -> TrainState:
-        """A freshly initialised, sharded train state (each device materialises only its shards).
+    def init(self, pretrained: bool = True) -> TrainState:
+        """A freshly initialised, sharded train state (each device materialises only its shards), with
+        ``model.motion.weights`` loaded into the motion encoder unless ``pretrained=False`` (for callers that
+        overwrite every parameter anyway, e.g. importing a whole PyTorch state dict).
 
         Initialisation runs once, so on CPU it is compiled without XLA's expensive optimisations (the
         random-number code of a model's initialisers compiles several times faster; same values)."""
@@ -205,7 +207,7 @@ class Trainer:
                 cpu = jax.default_backend() == "cpu"
                 self._init_compiled = lowered.compile(INIT_COMPILER_OPTIONS) if cpu else lowered.compile()
             state = self._init_compiled()
-        return self._with_pretrained_motion(state)
+        return self._with_pretrained_motion(state) if pretrained else state
 
     def _with_pretrained_motion(self, state: TrainState) -> TrainState:
         """``model.motion.weights`` (if any) in place of the motion encoder's initial values: its
