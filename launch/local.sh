@@ -73,11 +73,11 @@ for ((i = 0; i < N; i++)); do
   # shellcheck disable=SC2086  # ENTRY is a command line
   if [[ $i -eq 0 ]]; then
     XLA_FLAGS="--xla_force_host_platform_device_count=$DEVICES_PER_PROCESS ${XLA_FLAGS:-}" \
-      "${SETSID[@]}" $ENTRY "$@" --coordinator_address "127.0.0.1:$PORT" --num_processes "$N" --process_id "$i" \
+      ${SETSID[@]+"${SETSID[@]}"} $ENTRY "$@" --coordinator_address "127.0.0.1:$PORT" --num_processes "$N" --process_id "$i" \
       > >(tee "$log") 2>&1 &
   else
     XLA_FLAGS="--xla_force_host_platform_device_count=$DEVICES_PER_PROCESS ${XLA_FLAGS:-}" \
-      "${SETSID[@]}" $ENTRY "$@" --coordinator_address "127.0.0.1:$PORT" --num_processes "$N" --process_id "$i" \
+      ${SETSID[@]+"${SETSID[@]}"} $ENTRY "$@" --coordinator_address "127.0.0.1:$PORT" --num_processes "$N" --process_id "$i" \
       > "$log" 2>&1 &
   fi
   PIDS[i]=$!
