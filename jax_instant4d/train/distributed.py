@@ -302,7 +302,11 @@ def enable_compilation_cache(setting: str, workdir: str | os.PathLike) -> Path |
         path = Path(setting).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     if str(path) != current:
+        from jax._src import compilation_cache  # JAX opens its cache once: reopen it at the new folder
+
         jax.config.update("jax_compilation_cache_dir", str(path))
+        if compilation_cache.is_initialized():
+            compilation_cache.reset_cache()
     # cache every program the step loop compiles (JAX's default skips those under a second)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return path
