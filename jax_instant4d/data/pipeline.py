@@ -157,6 +157,8 @@ class CheckedSource:
     run reads the same replacement). More than ``max_bad`` damaged records in this process is fatal
     (:class:`BadRecordsError`, naming the last one)."""
 
+    REQUIRED = ("num_times", "num_views", "resolution", "source_image", "target_images")
+
     def __init__(self, source, split: str, max_bad: int):
         self.source, self.split, self.max_bad = source, split, int(max_bad)
         self.bad: set[int] = set()
@@ -180,7 +182,11 @@ class CheckedSource:
         for k in range(n):
             i = (int(index) + k) % n
             try:
-                return self.source[i]
+                rec = self.source[i]
+                missing = [k for k in self.REQUIRED if rec is None or rec.get(k) is None]
+                if missing:  # a cut shard can read back as a record of empty fields
+                    raise ValueError(f"incomplete record (no {', '.join(missing)})")
+                return rec
             except Exception as e:  # array_record / tfds raise several types for damaged data
                 self._damaged(i, e)
         raise BadRecordsError(f"no readable record in split {self.split!r} ({n} records, all damaged; "
