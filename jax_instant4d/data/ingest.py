@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from jaxtyping import Shaped, UInt8
 
 from jax_instant4d.data import builders, record
 from jax_instant4d.data.record import ClipError
@@ -64,7 +65,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 
 
-def read_frames(path: Path) -> list[np.ndarray]:
+def read_frames(path: Path) -> list[UInt8[np.ndarray, "H W 3"]]:
     """All frames (uint8 RGB) of a video file or of a folder of PNG/JPEG images (sorted by name)."""
     if not path.exists():
         raise ClipError("missing frames", f"{path.name} does not exist")
@@ -99,7 +100,7 @@ def ffmpeg_reason(message: str) -> str:
     return f"{lines[0]}; {lines[-1]}"
 
 
-def to_rgb(x: np.ndarray, name: str) -> np.ndarray:
+def to_rgb(x: Shaped[np.ndarray, "H W *C"], name: str) -> UInt8[np.ndarray, "H W 3"]:
     """A decoded frame (gray, gray + alpha, RGB, RGBA; 8 or 16 bits) as uint8 RGB: 16-bit values scaled
     by 255/65535, alpha composited on black."""
     x = np.asarray(x)
@@ -121,7 +122,7 @@ def to_rgb(x: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> UInt8[np.ndarray, "H W 3"]:
     """An image file as uint8 RGB (see :func:`to_rgb`)."""
     from PIL import Image
 
