@@ -33,6 +33,11 @@ def get_config():
     cfg.model.motion.attn_heads = 2
     cfg.model.motion.attn_head_dim = 32
     cfg.model.motion.norm_groups = 8
+    # The paper's setting: the motion encoder is the teacher's, pretrained and frozen. "teacher" is the synthetic
+    # teacher's encoder (jax_instant4d/data/motion_teacher.py: pretrained on the training identities' renders on
+    # first use, then cached beside the dataset). configs/ablation_motion_scratch.py trains it with the avatar.
+    cfg.model.motion.weights = "teacher"
+    cfg.model.motion.freeze = True
     cfg.model.gaussian_res = 64  # plane mode: 4096 Gaussians
     cfg.model.rays.resolution = 16  # rays mode (ablation_rays): 16^2 rays x (8 + 8) samples = 4096 Gaussians
     cfg.model.rays.depth_samples = 8

@@ -364,11 +364,16 @@ def test_swallowed_ctrl_c_still_stops_the_ingest(tmp_path, monkeypatch):
             yield item
 
     monkeypatch.setattr(builders.TeacherClips, "_generate_examples", swallowing)
-    with pytest.raises(KeyboardInterrupt):
-        ingest.ingest(src, tmp_path / "out", RES, log=lambda m: None, progress=False)
-    final = tmp_path / "out" / "teacher_clips" / f"r{RES}" / "1.0.0"
-    assert not final.exists() and not list(final.parent.glob(".tmp-*"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    # a background job of a shell starts with SIGINT ignored: give this test Python's own handler
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ingest.ingest(src, tmp_path / "out", RES, log=lambda m: None, progress=False)
+        final = tmp_path / "out" / "teacher_clips" / f"r{RES}" / "1.0.0"
+        assert not final.exists() and not list(final.parent.glob(".tmp-*"))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_ctrl_c_exits_130_and_a_killed_runs_leftovers_are_removed(tmp_path):

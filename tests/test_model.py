@@ -60,7 +60,7 @@ class StandInMotion(nnx.Module):
 def small_cfg(**overrides):
     # the paper's feature widths (f, m: 48 each; the small config has 24) with the small encoder
     values = {"render.backend": "dense", "model.gaussian_res": 16, "model.feature_dim": 48,
-              "model.encoder.plane_channels": 96}
+              "model.encoder.plane_channels": 96, "model.motion.weights": "", "model.motion.freeze": False}
     values.update(overrides)
     return apply_overrides(load_config_file(CONFIGS / "small.py"), {k: str(v) for k, v in values.items()})
 

@@ -33,7 +33,8 @@ FULL_MOTION_PARAMS = 61_665_393
 
 @pytest.fixture(scope="module")
 def small():
-    return get_config("configs/small.py")
+    # the module itself, trainable (small.py's default is the teacher's pretrained encoder, frozen)
+    return get_config("configs/small.py", ["model.motion.weights=", "model.motion.freeze=false"])
 
 
 @pytest.fixture(scope="module")

@@ -183,3 +183,23 @@ def test_missing_weights_file_is_a_config_error(cfg, tmp_path):
     run = apply_overrides(cfg, [f"model.motion.weights={tmp_path / 'nope.safetensors'}", "model.motion.freeze=true"])
     with pytest.raises(ConfigError, match="nope.safetensors"):
         motion_weights.prepare(run)
+
+
+def test_scale_code_centres_and_spreads_the_code(cfg, teacher):
+    """After scale_code the code (less the token positions) is centred over the frames it was fitted on and
+    varies by about CODE_SPREAD per read-out direction; distances between codes scale uniformly."""
+    encoder, _, path = teacher
+    settings = motion_teacher.settings_for(cfg, **TINY_TEACHER)
+    frames, _, _ = motion_teacher.make_pairs(cfg, settings, "train", backend="cpu")
+    enc = MotionEncoder(cfg.model, rngs=nnx.Rngs(0))
+    enc.eval()
+    load_motion_weights(enc, path)
+    flat = frames.reshape(-1, 64, 64, 3).astype(np.float32) / 255.0
+    before = _codes(enc, flat)
+    got = motion_teacher.scale_code(enc, frames, 64)
+    after = _codes(enc, flat) - enc.token_positions().reshape(-1)
+    np.testing.assert_allclose(after.mean(0), 0.0, atol=1e-3 * got["spread_after"])
+    assert np.sqrt(np.sum(after.var(0))) == pytest.approx(motion_teacher.CODE_SPREAD * np.sqrt(14), rel=1e-3)
+    d_before = np.linalg.norm(before[0] - before[1])
+    d_after = np.linalg.norm(after[0] - after[1])
+    assert d_after == pytest.approx(d_before * got["scale"], rel=1e-3)

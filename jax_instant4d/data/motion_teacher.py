@@ -53,7 +53,7 @@ from jax_instant4d.data import groundtruth, heads, record, synthetic
 
 log = logging.getLogger(__name__)
 
-TEACHER_VERSION = 2  # bump when the pretraining (data, loss, read-out) changes
+TEACHER_VERSION = 3  # bump when the pretraining (data, loss, read-out) changes
 TEACHER = "teacher"  # the value of model.motion.weights that names the synthetic teacher's encoder
 
 
@@ -239,6 +239,7 @@ def pretrain(cfg: ConfigDict, settings: MotionTeacherSettings | None = None, bac
     project_to_readout(model)
     info = measure(model, x_val, e_val, e_train, size)
     info["before_projection"] = {k: before[k] for k in ("mae", "same_expression_distance_ratio", "code_norm")}
+    info["code_scale"] = scale_code(model.encoder, x_train, size)
     info.update(
         history=history, render_seconds=float(render_s), fit_seconds=float(fit_s),
         seconds=float(time.perf_counter() - t0), settings=asdict(s), version=TEACHER_VERSION,
@@ -262,6 +263,36 @@ def project_to_readout(model: _Pretrain) -> None:
     fp.kernel[...] = jnp.asarray(kernel, jnp.float32)
     if fp.bias is not None:
         fp.bias[...] = jnp.asarray(np.asarray(fp.bias[...], np.float64) @ proj, jnp.float32)
+
+
+CODE_SPREAD = 1.0  # after scale_code: the code's standard deviation per read-out direction, on average
+
+
+def scale_code(encoder: nnx.Module, frames: UInt8[np.ndarray, "P 2 R R 3"], image_size: int,
+               batch: int = 32) -> dict:
+    """Centres the code over the training frames and scales it so that each read-out direction varies by
+    about :data:`CODE_SPREAD` (folded into ``final_proj``, after :func:`project_to_readout`). The read-out
+    leaves the code varying by ~0.03 per dimension beside the constant token positions (norm 16): a
+    conditioning signal the avatar's AdaLN would need thousands of steps to amplify. Distances between
+    codes scale uniformly, so the identity-invariance ratio does not change. Returns the scale and the
+    spread before and after."""
+    from jax_instant4d.model.motion import face_crop
+
+    codes_fn = nnx.jit(lambda e, x: e(face_crop(motion_input(x, image_size), e.crop_size))[0])
+    flat = frames.reshape(-1, *frames.shape[2:]).astype(np.float32) / 255.0
+    codes = np.concatenate([np.asarray(codes_fn(encoder, jnp.asarray(flat[i:i + batch])))
+                            for i in range(0, len(flat), batch)]).astype(np.float64)
+    out = codes - encoder.token_positions().reshape(-1)  # final_proj's output
+    mean = out.mean(0)
+    spread = float(np.sqrt(np.sum(out.var(0))))  # total standard deviation
+    scale = CODE_SPREAD * math.sqrt(record.NUM_EXPRESSION) / max(spread, 1e-12)
+    fp = encoder.final_proj
+    if fp.bias is None:
+        raise ValueError("scale_code needs final_proj with a bias")
+    fp.kernel[...] = jnp.asarray(np.asarray(fp.kernel[...], np.float64) * scale, jnp.float32)
+    fp.bias[...] = jnp.asarray((np.asarray(fp.bias[...], np.float64) - mean / fp.lr_multiplier) * scale,
+                               jnp.float32)
+    return {"scale": scale, "spread_before": spread, "spread_after": spread * scale}
 
 
 def measure(model: _Pretrain, frames: UInt8[np.ndarray, "P 2 R R 3"], expr: Float[np.ndarray, "P E"],

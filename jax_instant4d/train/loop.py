@@ -265,10 +265,7 @@ def train(cfg: ConfigDict, *, model_factory: ModelFactory | None = None, data_fa
     workdir = Path(cfg.workdir)
     check_config(cfg, real_model=model_factory is None and trainer is None, real_data=data_factory is None)
     check_workdir(workdir, create=lead)
-    # model.motion.weights: the file exists (process 0 pretrains the synthetic teacher's encoder if needed)
-    # and its hash is recorded in the saved config
-    cfg = motion_weights.prepare(cfg, pid, pcount)
-    t = cfg.train
+    motion_weights.check(cfg)
     data_factory = data_factory or default_data_factory
     say = (lambda msg: print(msg, flush=True)) if lead else (lambda msg: None)
 
@@ -276,6 +273,10 @@ def train(cfg: ConfigDict, *, model_factory: ModelFactory | None = None, data_fa
     _check_batch("train.batch_size", t.batch_size, mesh, pcount)
     if t.eval_batches > 0:
         _check_batch("train.eval_batch_size", t.eval_batch_size, mesh, pcount)
+    # model.motion.weights: the file exists (process 0 pretrains the synthetic teacher's encoder if needed)
+    # and its hash is recorded in the saved config
+    cfg = motion_weights.prepare(cfg, pid, pcount)
+    t = cfg.train
     cache = enable_compilation_cache(t.compilation_cache, workdir)
     say(f"{pcount} process(es), {jax.device_count()} devices, mesh {dict(mesh.shape)}"
         + (f"; compilation cache {cache}" if cache else ""))

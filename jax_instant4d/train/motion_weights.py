@@ -25,7 +25,6 @@ from jax_instant4d.config import ConfigDict, ConfigError, apply_overrides
 
 log = logging.getLogger(__name__)
 
-WAIT_SECONDS = 3 * 3600  # how long other processes wait for process 0 to pretrain the teacher's encoder
 POLL_SECONDS = 2.0
 
 
@@ -64,7 +63,7 @@ def prepare(cfg: ConfigDict, process_index: int = 0, process_count: int = 1) -> 
         if process_index == 0:
             motion_teacher.ensure(cfg)
         else:
-            _wait_for(path, process_index)
+            _wait_for(path, process_index, float(cfg.data.ready_timeout_s))
     if not path.is_file():
         raise ConfigError(f"model.motion.weights: file not found: {path}")
     sha = file_sha256(path)
@@ -79,14 +78,15 @@ def prepare(cfg: ConfigDict, process_index: int = 0, process_count: int = 1) -> 
     return out
 
 
-def _wait_for(path: Path, process_index: int) -> None:
+def _wait_for(path: Path, process_index: int, timeout: float) -> None:
+    """Waits (``data.ready_timeout_s``, as for the dataset) for process 0's file on the shared data_dir."""
     t0 = time.monotonic()
     last = t0
     while not path.is_file():
-        if time.monotonic() - t0 > WAIT_SECONDS:
+        if time.monotonic() - t0 > timeout:
             raise TimeoutError(f"process {process_index}: process 0 did not write the motion teacher's encoder "
-                               f"{path} within {WAIT_SECONDS} s (is data.data_dir on a filesystem every "
-                               f"process sees?)")
+                               f"{path} within data.ready_timeout_s={timeout:g} s (is data.data_dir on a "
+                               f"filesystem every process sees?)")
         if time.monotonic() - last > 60:
             log.info("process %d: waiting for process 0 to pretrain %s", process_index, path)
             last = time.monotonic()
