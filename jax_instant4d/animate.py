@@ -54,25 +54,14 @@ class MediaError(AnimateError):
 
 
 def to_rgb(array: np.ndarray, name: str = "image") -> UInt8[np.ndarray, "H W 3"]:
-    """Any decoded image (gray, RGB, RGBA; uint8 or uint16) as uint8 RGB; alpha is composited on black,
-    the training background."""
-    x = np.asarray(array)
-    if x.dtype == np.uint16:
-        x = (x.astype(np.float32) / 257.0).round().astype(np.uint8)
-    if x.dtype == bool:
-        x = x.astype(np.uint8) * 255
-    if x.dtype != np.uint8:
-        raise MediaError(f"{name}: unsupported pixel type {x.dtype}")
-    if x.ndim == 2:
-        x = x[..., None]
-    if x.ndim != 3 or x.shape[2] not in (1, 2, 3, 4):
-        raise MediaError(f"{name}: not an image (shape {x.shape})")
-    if x.shape[2] in (2, 4):
-        alpha = x[..., -1:].astype(np.float32) / 255.0
-        x = np.rint(x[..., :-1].astype(np.float32) * alpha).astype(np.uint8)
-    if x.shape[2] == 1:
-        x = np.repeat(x, 3, axis=2)
-    return np.ascontiguousarray(x)
+    """Any decoded image (gray, RGB, RGBA; 8 or 16 bits) as uint8 RGB; alpha is composited on black,
+    the training background (:func:`jax_instant4d.data.record.as_rgb8`, as ingest reads frames)."""
+    from jax_instant4d.data.record import PixelError, as_rgb8
+
+    try:
+        return as_rgb8(array, name)
+    except PixelError as e:
+        raise MediaError(str(e)) from None
 
 
 def load_image(path: str | Path) -> UInt8[np.ndarray, "H W 3"]:

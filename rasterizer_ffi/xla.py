@@ -74,6 +74,27 @@ _INT32_MAX = 2**31 - 1
 _HIGHEST = lax.Precision.HIGHEST
 
 
+
+def geometry_grads(d_raw: Float[Array, "T P K"], raw: Float[Array, "T P K"], e: Float[Array, "T P K"],
+                   dx: Float[Array, "T P K"], dy: Float[Array, "T P K"], geo: Float[Array, "T K G"]
+                   ) -> Float[Array, "T K 6"]:
+    """Per Gaussian of a block: the gradient with respect to (mean x, mean y, conic a, b, c, opacity) from
+    the gradient with respect to each pixel's unclamped alpha ``raw = o e^-sigma`` (``e = e^-sigma``,
+    ``d = pixel - mean``, sigma = a dx^2 / 2 + b dx dy + c dy^2 / 2), summed over the pixels P. Shared by
+    the fixed-capacity and the exact backward."""
+    d_sigma = -d_raw * raw
+    sx = jnp.sum(d_sigma * dx, axis=1)
+    sy = jnp.sum(d_sigma * dy, axis=1)
+    a, b, c = geo[..., 2], geo[..., 3], geo[..., 4]
+    return jnp.stack([
+        a * sx + b * sy,
+        b * sx + c * sy,
+        jnp.sum(d_sigma * (0.5 * dx * dx), axis=1),
+        jnp.sum(d_sigma * (dx * dy), axis=1),
+        jnp.sum(d_sigma * (0.5 * dy * dy), axis=1),
+        jnp.sum(d_raw * e, axis=1),
+    ], axis=-1)
+
 def _pair_budget(n: int, num_tiles: int, capacity: int) -> int:
     """Static number of candidate (tile, Gaussian) slots per image."""
     budget = max(_PAIRS_PER_GAUSSIAN * n, 2 * num_tiles * capacity, 1024)
@@ -336,18 +357,7 @@ def _backward_chunk(geo, feat, origin, t_start, done, t_final, d_acc, d_t, block
         d_alpha = jnp.where(on & (alpha > 0), grad_w * before - behind / (1.0 - alpha), 0.0)
         s = s + jnp.sum(gw, axis=-1)
         d_raw = jnp.where(raw < constants.ALPHA_MAX, d_alpha, 0.0)
-        d_sigma = -d_raw * raw
-        sx = jnp.sum(d_sigma * dx, axis=1)
-        sy = jnp.sum(d_sigma * dy, axis=1)
-        a, b, c = g[..., 2], g[..., 3], g[..., 4]
-        grads = jnp.stack([
-            a * sx + b * sy,
-            b * sx + c * sy,
-            jnp.sum(d_sigma * (0.5 * dx * dx), axis=1),
-            jnp.sum(d_sigma * (dx * dy), axis=1),
-            jnp.sum(d_sigma * (0.5 * dy * dy), axis=1),
-            jnp.sum(d_raw * e, axis=1),
-        ], axis=-1)
+        grads = geometry_grads(d_raw, raw, e, dx, dy, g)
         g_geo = lax.dynamic_update_slice_in_dim(g_geo, grads, j * block, axis=1)
         d_f = jnp.einsum("tpk,tpc->tkc", w, d_acc, precision=_HIGHEST)
         g_feat = lax.dynamic_update_slice_in_dim(g_feat, d_f, j * block, axis=1)

@@ -74,6 +74,7 @@ from rasterizer_ffi.xla import (
     _pixel_coords,
     _prefix_matrix,
     _walk_block,
+    geometry_grads,
 )
 
 TILE_EXACT = 8  # pixels per tile side (the image does not depend on it; see the module docstring)
@@ -218,18 +219,7 @@ def _backward_chunk(tables, rows, s_offset, grads, xs):
         behind = s[..., None] + jnp.einsum("tpk,kj->tpj", gw, strict, precision=_HIGHEST)
         d_alpha = jnp.where(alpha > 0, grad_w * before - behind / (1.0 - alpha), 0.0)
         d_raw = jnp.where(raw < constants.ALPHA_MAX, d_alpha, 0.0)
-        d_sigma = -d_raw * raw
-        sx = jnp.sum(d_sigma * dx, axis=1)
-        sy = jnp.sum(d_sigma * dy, axis=1)
-        a, b, c = geo[..., 2], geo[..., 3], geo[..., 4]
-        d_geo = jnp.stack([
-            a * sx + b * sy,
-            b * sx + c * sy,
-            jnp.sum(d_sigma * (0.5 * dx * dx), axis=1),
-            jnp.sum(d_sigma * (dx * dy), axis=1),
-            jnp.sum(d_sigma * (0.5 * dy * dy), axis=1),
-            jnp.sum(d_raw * e, axis=1),
-        ], axis=-1)
+        d_geo = geometry_grads(d_raw, raw, e, dx, dy, geo)
         d_feat = jnp.einsum("tpk,tpc->tkc", w, d_acc, precision=_HIGHEST)
         flat = idx.reshape(-1)
         g_geo = g_geo.at[flat].add(d_geo.reshape(flat.shape[0], -1))

@@ -101,25 +101,12 @@ def ffmpeg_reason(message: str) -> str:
 
 
 def to_rgb(x: Shaped[np.ndarray, "H W *C"], name: str) -> UInt8[np.ndarray, "H W 3"]:
-    """A decoded frame (gray, gray + alpha, RGB, RGBA; 8 or 16 bits) as uint8 RGB: 16-bit values scaled
-    by 255/65535, alpha composited on black."""
-    x = np.asarray(x)
-    if x.dtype == bool:
-        x = x.astype(np.uint8) * 255
-    elif x.dtype in (np.uint16, np.int32, np.uint32):  # 16-bit samples (PIL reads 16-bit gray PNGs as int32)
-        x = np.rint(np.clip(x.astype(np.float64), 0, 65535) / 257.0).astype(np.uint8)
-    elif x.dtype != np.uint8:
-        raise ClipError("unreadable file", f"{name}: unsupported pixel type {x.dtype}")
-    if x.ndim == 2:
-        x = x[..., None]
-    if x.ndim != 3 or x.shape[2] not in (1, 2, 3, 4):
-        raise ClipError("unreadable file", f"{name}: not an image (shape {x.shape})")
-    if x.shape[2] in (2, 4):
-        alpha = x[..., -1:].astype(np.float32) / 255.0
-        x = np.rint(x[..., :-1].astype(np.float32) * alpha).astype(np.uint8)
-    if x.shape[2] == 1:
-        x = np.repeat(x, 3, axis=2)
-    return np.ascontiguousarray(x)
+    """A decoded frame as uint8 RGB (:func:`jax_instant4d.data.record.as_rgb8`: 16-bit values scaled, alpha
+    composited on black); a non-image is an "unreadable file"."""
+    try:
+        return record.as_rgb8(x, name)
+    except record.PixelError as e:
+        raise ClipError("unreadable file", str(e)) from None
 
 
 def read_image(path: Path) -> UInt8[np.ndarray, "H W 3"]:

@@ -47,7 +47,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from jaxtyping import Float, UInt8
+from jaxtyping import Float, Shaped, UInt8
 
 # The synthetic head's expression parameters; E is the width of "expression" in records and batches.
 EXPRESSION_NAMES: tuple[str, ...] = (
@@ -154,6 +154,33 @@ def decode_image(data: bytes, channels: int = 3) -> UInt8[np.ndarray, "H W C"]:
         im = im.convert("RGB" if channels == 3 else "L")
         arr = np.asarray(im, dtype=np.uint8)
     return arr if channels == 3 else arr[..., None]
+
+
+class PixelError(ValueError):
+    """A decoded image whose pixel type or shape is not an image's (the message names it)."""
+
+
+def as_rgb8(x: Shaped[np.ndarray, "H W *C"], name: str = "image") -> UInt8[np.ndarray, "H W 3"]:
+    """A decoded frame (gray, gray + alpha, RGB, RGBA; 8 or 16 bits; bool) as uint8 RGB: 16-bit values
+    scaled by 255/65535 (never saturated), alpha composited on black (the training background). Ingest and
+    ``animate`` both read images through it."""
+    x = np.asarray(x)
+    if x.dtype == bool:
+        x = x.astype(np.uint8) * 255
+    elif x.dtype in (np.uint16, np.int32, np.uint32):  # 16-bit samples (PIL reads 16-bit gray PNGs as int32)
+        x = np.rint(np.clip(x.astype(np.float64), 0, 65535) / 257.0).astype(np.uint8)
+    elif x.dtype != np.uint8:
+        raise PixelError(f"{name}: unsupported pixel type {x.dtype}")
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.ndim != 3 or x.shape[2] not in (1, 2, 3, 4):
+        raise PixelError(f"{name}: not an image (shape {x.shape})")
+    if x.shape[2] in (2, 4):
+        alpha = x[..., -1:].astype(np.float32) / 255.0
+        x = np.rint(x[..., :-1].astype(np.float32) * alpha).astype(np.uint8)
+    if x.shape[2] == 1:
+        x = np.repeat(x, 3, axis=2)
+    return np.ascontiguousarray(x)
 
 
 def to_uint8(x: Float[np.ndarray, "..."]) -> UInt8[np.ndarray, "..."]:
