@@ -168,6 +168,20 @@ def first_step_worker(args: argparse.Namespace, overrides: list[str]) -> dict:
             "cache_entries_after": len(list(cache.iterdir()))}
 
 
+def _run_worker(label: str, cmd: list[str], env: dict[str, str]) -> dict | None:
+    """Runs a worker process and returns the JSON of its last ``RESULT`` line (None, with its output
+    printed, when it failed or printed none)."""
+    print(f"[{label}] running ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        return None
+    row = json.loads(lines[-1][len("RESULT "):])
+    print(f"[{label}] {row}", file=sys.stderr, flush=True)
+    return row
+
+
 def first_step(args: argparse.Namespace, overrides: list[str]) -> int:
     import tempfile
 
@@ -177,14 +191,9 @@ def first_step(args: argparse.Namespace, overrides: list[str]) -> int:
         env = dict(os.environ, JAX_PLATFORMS="cpu")
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
         cmd = [sys.executable, __file__, "--first-step-worker", "--cache", cache, "--config", args.config, *overrides]
-        print(f"[{name}] running ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        rows[name] = _run_worker(name, cmd, env)
+        if rows[name] is None:
             return 1
-        rows[name] = json.loads(lines[-1][len("RESULT "):])
-        print(f"[{name}] {rows[name]}", file=sys.stderr, flush=True)
     print(f"Time to the first training step, {Path(args.config).name} {' '.join(overrides)}, {os.cpu_count()} "
           f"cores; persistent compilation cache {cache}")
     print("| start | init (s) | trace (s) | compile (s) | run (s) | first step (s) | cache entries added |")
@@ -243,14 +252,10 @@ def main() -> int:
         env = dict(os.environ, JAX_PLATFORMS="cpu",
                    XLA_FLAGS=f"--xla_force_host_platform_device_count={d} " + os.environ.get("XLA_FLAGS", ""))
         cmd = [sys.executable, __file__, "--worker", "--config", args.config, "--steps", str(args.steps), *overrides]
-        print(f"[{d} device(s)] running ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        row = _run_worker(f"{d} device(s)", cmd, env)
+        if row is None:
             return 1
-        rows.append(json.loads(lines[-1][len("RESULT "):]))
-        print(f"[{d} device(s)] {rows[-1]}", file=sys.stderr, flush=True)
+        rows.append(row)
     print(f"Training step, {Path(args.config).name}, host CPU devices ({os.cpu_count()} cores), medians of "
           f"{args.steps} steps")
     print(table(rows))

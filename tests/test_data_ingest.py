@@ -250,15 +250,12 @@ def test_interrupted_ingest_leaves_no_valid_dataset(tmp_path, monkeypatch):
     assert len(report.written) == 3 and builders.is_complete(final)
 
 
-def test_killed_ingest_leaves_no_valid_dataset(tmp_path):
-    """SIGKILL while tfds writes the records (no cleanup can run): the destination is still absent."""
-    src = tmp_path / "src"
-    for i in range(2):
-        make_clip(src, f"clip{i}", seed=70 + i)
-    marker = tmp_path / "started"
-    script = f"""
+def slowed_ingest_script(marker, body: str) -> str:
+    """A Python script: tfds' example generation slowed to one record a minute, touching ``marker`` after the
+    first (the moment to kill the process), then ``body``."""
+    return f"""
 import time
-from jax_instant4d.data import builders, ingest
+from jax_instant4d.data import builders
 real = builders.TeacherClips._generate_examples
 def slow(self, split):
     for item in real(self, split):
@@ -266,8 +263,19 @@ def slow(self, split):
         open({str(marker)!r}, "w").close()
         time.sleep(60)
 builders.TeacherClips._generate_examples = slow
+""" + body
+
+
+def test_killed_ingest_leaves_no_valid_dataset(tmp_path):
+    """SIGKILL while tfds writes the records (no cleanup can run): the destination is still absent."""
+    src = tmp_path / "src"
+    for i in range(2):
+        make_clip(src, f"clip{i}", seed=70 + i)
+    marker = tmp_path / "started"
+    script = slowed_ingest_script(marker, f"""
+from jax_instant4d.data import ingest
 ingest.ingest({str(src)!r}, {str(tmp_path / "out")!r}, {RES}, progress=False)
-"""
+""")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -383,20 +391,12 @@ def test_ctrl_c_exits_130_and_a_killed_runs_leftovers_are_removed(tmp_path):
     out = tmp_path / "out"
     final = out / "teacher_clips" / f"r{RES}" / "1.0.0"
     marker = tmp_path / "started"
-    script = f"""
-import sys, time
+    script = slowed_ingest_script(marker, f"""
+import sys
 from jax_instant4d import cli
-from jax_instant4d.data import builders
-real = builders.TeacherClips._generate_examples
-def slow(self, split):
-    for item in real(self, split):
-        yield item
-        open({str(marker)!r}, "w").close()
-        time.sleep(60)
-builders.TeacherClips._generate_examples = slow
 sys.exit(cli.main(["data", "ingest", {str(src)!r}, "--out", {str(out)!r}, "--config", "configs/small.py",
                    "--config.data.resolution={RES}"]))
-"""
+""")
     for sig in (signal.SIGKILL, signal.SIGINT):
         marker.unlink(missing_ok=True)
         proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -67,15 +67,19 @@ def prepare(cfg: ConfigDict, process_index: int = 0, process_count: int = 1) -> 
     if not path.is_file():
         raise ConfigError(f"model.motion.weights: file not found: {path}")
     sha = file_sha256(path)
-    expected = str(cfg.model.motion.weights_sha256)
-    if expected and expected != sha:
-        raise ConfigError(f"model.motion.weights {path} has SHA-256 {sha[:16]}..., but the config records "
-                          f"{expected[:16]}... (model.motion.weights_sha256): the file changed since it was recorded")
+    _check_hash(cfg, path, sha)
     log.info("motion encoder weights: %s (sha256 %s)%s", path, sha[:16],
              ", frozen" if cfg.model.motion.freeze else ", fine-tuned")
     out = apply_overrides(cfg, {"model.motion.weights_sha256": sha})
     out.lock()
     return out
+
+
+def _check_hash(cfg: ConfigDict, path: Path, sha: str) -> None:
+    expected = str(cfg.model.motion.weights_sha256)
+    if expected and expected != sha:
+        raise ConfigError(f"model.motion.weights {path} has SHA-256 {sha[:16]}..., but the config records "
+                          f"{expected[:16]}... (model.motion.weights_sha256): the file changed since it was recorded")
 
 
 def _wait_for(path: Path, process_index: int, timeout: float) -> None:
@@ -103,10 +107,7 @@ def loaded_variables(cfg: ConfigDict) -> tuple[dict[str, np.ndarray], str] | Non
         return None
     encoder = MotionEncoder(apply_overrides(cfg, ["model.motion.freeze=false"]).model, rngs=nnx.Rngs(0))
     sha = load_motion_weights(encoder, path)
-    expected = str(cfg.model.motion.weights_sha256)
-    if expected and expected != sha:
-        raise ConfigError(f"model.motion.weights {path} has SHA-256 {sha[:16]}..., but the config records "
-                          f"{expected[:16]}... (model.motion.weights_sha256)")
+    _check_hash(cfg, path, sha)
     flat = {}
     for p, v in nnx.to_flat_state(nnx.state(encoder, nnx.Not(nnx.RngState))):
         flat["/".join(str(k) for k in p)] = np.asarray(v.get_value() if hasattr(v, "get_value") else v.value)
