@@ -126,7 +126,10 @@ setup(
     version="0.1.0",
     description="Instant expressive Gaussian head avatars in JAX, with an XLA-FFI Gaussian rasterizer",
     python_requires=">=3.11",
-    packages=find_packages(include=["jax_instant4d", "jax_instant4d.*", "rasterizer_ffi"]),
+    # launch/ is the package instant4d_launch (the sweep launcher behind `instant4d sweep`; the shell
+    # launchers beside it are used from a checkout)
+    packages=[*find_packages(include=["jax_instant4d", "jax_instant4d.*", "rasterizer_ffi"]), "instant4d_launch"],
+    package_dir={"instant4d_launch": "launch"},
     package_data={"rasterizer_ffi": ["csrc/*.h", "csrc/cpu/*", "csrc/cuda/*", "CMakeLists.txt", "*.so"]},
     ext_modules=[Extension("rasterizer_ffi._native_marker", sources=[])],
     cmdclass={"build_ext": CMakeBuild},

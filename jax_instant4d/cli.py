@@ -15,9 +15,35 @@ _REGISTRY = [
     ("eval", "jax_instant4d.eval.cli", "COMMAND"),
     ("animate", "jax_instant4d.animate", "COMMAND"),
     ("export", "jax_instant4d.export.cli", "COMMAND"),
-    ("sweep", "jax_instant4d.sweep", "COMMAND"),
+    ("sweep", "instant4d_launch.sweep_cli", "COMMAND"),
     ("bench", "jax_instant4d.bench", "COMMAND"),
 ]
+
+
+LAUNCH_PACKAGE = "instant4d_launch"  # the launchers: launch/ in a checkout, installed under this name
+
+
+def import_launcher(module: str):
+    """``instant4d_launch.X``: from the checkout this package sits in when it is one (``launch/`` beside
+    ``jax_instant4d/``, so a checkout on PYTHONPATH uses its own launchers), else the installed package."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    if LAUNCH_PACKAGE not in sys.modules:
+        root = Path(__file__).resolve().parents[1]
+        init = root / "launch" / "__init__.py"
+        if (root / "setup.py").is_file() and init.is_file():
+            spec = importlib.util.spec_from_file_location(LAUNCH_PACKAGE, init,
+                                                          submodule_search_locations=[str(init.parent)])
+            package = importlib.util.module_from_spec(spec)
+            sys.modules[LAUNCH_PACKAGE] = package
+            try:
+                spec.loader.exec_module(package)
+            except BaseException:
+                del sys.modules[LAUNCH_PACKAGE]
+                raise
+    return importlib.import_module(module)
 
 
 def _commands():
@@ -27,7 +53,10 @@ def _commands():
     cmds = {}
     for name, module, attr in _REGISTRY:
         try:
-            mod = importlib.import_module(module)
+            if module.startswith(LAUNCH_PACKAGE + "."):
+                mod = import_launcher(module)
+            else:
+                mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
             if e.name == module:
                 continue

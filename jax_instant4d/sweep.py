@@ -1,15 +1,8 @@
-"""Ablation sweeps: a grid of config overrides expanded into runs, launched, collected and compared.
+"""Ablation sweeps, the library part: a sweep file's grid of config overrides expanded into runs, the state
+of each run's work directory, and ``collect`` (a table, a JSON summary and a plot of the runs' evaluations).
 
-    instant4d sweep SWEEPFILE list                       runs, their work directories and status
-    instant4d sweep SWEEPFILE launch [--parallel N]      train + eval every run not finished yet, then collect
-    instant4d sweep SWEEPFILE launch --dry-run           print the commands, run nothing
-    instant4d sweep SWEEPFILE launch --slurm [--submit]  write (and submit) a SLURM array script, one task per run
-    instant4d sweep SWEEPFILE run-one INDEX              one run (what each SLURM array task executes)
-    instant4d sweep SWEEPFILE collect                    sweep.md, sweep.json and sweep.png in the sweep root
-
-(``python -m jax_instant4d.sweep`` and ``launch/sweep.py`` take the same arguments; the action may also
-come first: ``run-one SWEEPFILE INDEX``.) ``--config.KEY=VALUE`` arguments are added to the sweep's
-fixed overrides (pass the same ones to every action of one sweep).
+Launching lives outside the library, in ``launch/`` (installed as ``instant4d_launch``): ``sweep_local``
+runs the runs here, ``sweep_slurm`` writes a SLURM array script, ``sweep_cli`` is ``instant4d sweep``.
 
 A sweep file is a Python file whose ``get_sweep()`` returns a dict (relative paths are relative to the
 current directory, like every path on the command line):
@@ -24,21 +17,19 @@ current directory, like every path on the command line):
     runs       [{key: value, ..., "name": optional}, ...]: explicit runs, after the grid's
     split      eval split (default ``heldout``)
     eval_args  extra arguments of the eval command (default none)
+    baseline   a run's name: collect gives every run's paired difference to it
+    seed_keys  override keys that only reseed a run: collect reports mean and spread over them
 
-Each run is ``instant4d train --config BASE --workdir RUNDIR --config.KEY=VALUE ...`` and then
-``instant4d eval --checkpoint RUNDIR --split SPLIT``, as subprocesses whose output goes to
-``RUNDIR/sweep_run.log``; ``RUNDIR/sweep_run.json`` records the status. A run is *finished* when
-``RUNDIR/eval_<split>.json`` exists, the run's ``config.json`` (written by train) has the sweep's value
-for every override, and the evaluated step is ``train.steps``. Re-launching skips finished runs and
-re-runs the others (train resumes from the run's latest checkpoint). A run directory made with other
-values (other than ``train.steps``, which simply trains further) is *stale*: launch refuses to touch it
-unless ``--restart-stale`` (the directory is moved aside).
+A run trains in its work directory (``config.json``, checkpoints) and is evaluated there
+(``eval_<split>.json``); a launcher records ``sweep_run.json`` (status, commands, return codes) and
+``sweep_run.log`` beside them. A run is *finished* when ``RUNDIR/eval_<split>.json`` exists, the run's
+``config.json`` has the sweep's value for every override, and the evaluated step is ``train.steps``. A
+run directory made with other values (other than ``train.steps``, which simply trains further) is
+*stale*.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import importlib.util
 import itertools
@@ -46,16 +37,10 @@ import json
 import math
 import os
 import re
-import shlex
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +50,6 @@ from jax_instant4d.config import ConfigDict, ConfigError, apply_overrides, load_
 
 Value = str | int | float | bool | tuple | list | None
 
-ACTIONS = ("launch", "collect", "run-one", "list")
 RECORD = "sweep_run.json"  # per run: status, commands, return codes, times
 LOG = "sweep_run.log"  # per run: train and eval output
 SWEEP_KEYS = ("name", "config", "workdir", "fixed", "grid", "zip", "runs", "split", "eval_args", "baseline",
@@ -73,7 +57,6 @@ SWEEP_KEYS = ("name", "config", "workdir", "fixed", "grid", "zip", "runs", "spli
 # Keys whose change in a run directory is no reason to start afresh: train resumes and trains further.
 RESUMABLE_KEYS = ("train.steps",)
 # Statuses: finished | failed | interrupted | running | incomplete | stale | pending
-EXIT_INTERRUPTED = 128 + signal.SIGTERM
 
 
 class SweepError(ConfigError):
@@ -254,7 +237,7 @@ def _get(tree: Any, key: str) -> Any:
     return tree
 
 
-def _normalise(v: Any) -> Any:
+def normalise(v: Any) -> Any:
     return json.loads(json.dumps(v.to_dict() if isinstance(v, ConfigDict) else v))
 
 
@@ -341,35 +324,15 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = ()) -> Sweep:
             cfg = apply_overrides(base, ov)
         except ConfigError as e:
             raise SweepError(f"{where}: run {run.name!r}: {e}") from e
-        expected = {k: _normalise(_get(cfg, k)) for k in ov}
+        expected = {k: normalise(_get(cfg, k)) for k in ov}
         expected.setdefault("train.steps", int(cfg.train.steps))
         sweep.expected[run.index] = expected
     return sweep
 
 
 # --------------------------------------------------------------------------------------------------
-# Commands and the state of a run
+# The state of a run
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Commands:
-    """Command prefixes of a run's two steps (tests and odd set-ups replace them)."""
-
-    train: tuple[str, ...] = (sys.executable, "-m", "jax_instant4d.cli", "train")
-    eval: tuple[str, ...] = (sys.executable, "-m", "jax_instant4d.cli", "eval")
-
-    @property
-    def is_default(self) -> bool:
-        return self == Commands()
-
-
-def run_commands(sweep: Sweep, run: Run, commands: Commands = Commands()) -> list[list[str]]:
-    """The train and eval command lines of one run."""
-    train = [*commands.train, "--config", sweep.config, "--workdir", str(run.workdir)]
-    train += [f"--config.{k}={v}" for k, v in sweep.overrides(run).items()]
-    ev = [*commands.eval, "--checkpoint", str(run.workdir), "--split", sweep.split, *sweep.eval_args]
-    return [train, ev]
 
 
 @dataclasses.dataclass
@@ -389,11 +352,15 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomically (collect may read while a run writes)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def run_state(sweep: Sweep, run: Run) -> RunState:
@@ -435,329 +402,6 @@ def run_state(sweep: Sweep, run: Run) -> RunState:
 
 
 # --------------------------------------------------------------------------------------------------
-# Running
-# --------------------------------------------------------------------------------------------------
-
-
-class _Processes:
-    """Child processes of this launcher: started in their own session (a Ctrl-C reaches only the launcher,
-    which asks them to checkpoint and stop with SIGTERM), tracked so that signals can be forwarded."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._procs: set[subprocess.Popen] = set()
-        self.stop = threading.Event()
-        self._signals = 0
-
-    def call(self, cmd: Sequence[str], log) -> int:
-        with self._lock:
-            if self.stop.is_set():
-                return EXIT_INTERRUPTED
-            try:
-                proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
-            except OSError as e:
-                log.write(f"cannot start {cmd[0]!r}: {e}\n")
-                log.flush()
-                return 127
-            self._procs.add(proc)
-        try:
-            return proc.wait()
-        finally:
-            with self._lock:
-                self._procs.discard(proc)
-
-    def interrupt(self, signum: int, frame: Any = None) -> None:
-        self._signals += 1
-        self.stop.set()
-        sig = signal.SIGTERM if self._signals == 1 else signal.SIGKILL
-        with self._lock:
-            procs = list(self._procs)
-        if procs:
-            how = "to checkpoint and stop (again to kill)" if sig == signal.SIGTERM else "killed"
-            print(f"[sweep] signal {signum}: {len(procs)} running process(es) {how}", file=sys.stderr, flush=True)
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(sig)
-
-
-@contextlib.contextmanager
-def _forward_signals(procs: _Processes) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, procs.interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def execute_run(sweep: Sweep, run: Run, commands: Commands = Commands(), procs: _Processes | None = None,
-                say: Callable[[str], None] = print) -> RunState:
-    """Trains and evaluates one run in its work directory, recording the outcome (never raises for a
-    failed step: the failure is recorded)."""
-    procs = procs or _Processes()
-    run.workdir.mkdir(parents=True, exist_ok=True)
-    cmds = run_commands(sweep, run, commands)
-    record: dict[str, Any] = {
-        "sweep": sweep.name, "sweep_file": str(sweep.path), "index": run.index, "name": run.name,
-        "overrides": _normalise(sweep.overrides(run)), "commands": [shlex.join(c) for c in cmds],
-        "status": "running", "stage": "train", "detail": "", "returncodes": {}, "started": _now(),
-        "host": socket.gethostname(),
-        "slurm": {k: os.environ[k] for k in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID")
-                  if k in os.environ},
-    }
-    _write_json(run.workdir / RECORD, record)
-    t0 = time.time()
-    status, detail = "finished", ""
-    with open(run.workdir / LOG, "a") as log:
-        for stage, cmd in zip(("train", "eval"), cmds, strict=True):
-            record["stage"] = stage
-            _write_json(run.workdir / RECORD, record)
-            log.write(f"==== {_now()} {run.name}: {stage}: {shlex.join(cmd)}\n")
-            log.flush()
-            say(f"[sweep {sweep.name}] {run.name}: {stage}")
-            rc = procs.call(cmd, log)
-            record["returncodes"][stage] = rc
-            log.write(f"==== {_now()} {stage} exited with status {rc}\n")
-            log.flush()
-            if procs.stop.is_set():
-                status, detail = "interrupted", f"interrupted during {stage}"
-                break
-            if rc != 0:
-                status, detail = "failed", f"{stage} exited with status {rc}"
-                break
-    record.update(ended=_now(), seconds=round(time.time() - t0, 3))
-    if status == "finished":
-        state = run_state(sweep, run)
-        if state.status != "finished":
-            status = "failed"
-            detail = (f"eval exited 0 but {sweep.eval_json(run).name} is missing or unreadable"
-                      if state.eval is None else f"after eval: {state.status} ({state.detail})")
-    record.update(status=status, detail=detail)
-    _write_json(run.workdir / RECORD, record)
-    say(f"[sweep {sweep.name}] {run.name}: {status}" + (f" ({detail}; log {run.workdir / LOG})" if detail else "")
-        + f" in {record['seconds']:.1f} s")
-    return run_state(sweep, run) if status == "finished" else RunState(status, detail, None, record)
-
-
-def _move_aside(run: Run) -> Path:
-    target = run.workdir.with_name(f"{run.workdir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = target.with_name(f"{run.workdir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-    run.workdir.rename(target)
-    return target
-
-
-def _prepare(sweep: Sweep, runs: Sequence[Run], restart_stale: bool, say: Callable[[str], None]) -> None:
-    """Refuses (before anything starts) to run in stale directories, or moves them aside."""
-    stale = [(r, s) for r in runs if (s := run_state(sweep, r)).status == "stale"]
-    if stale and not restart_stale:
-        lines = "\n".join(f"  {r.name} ({r.workdir}): {s.detail}" for r, s in stale)
-        raise SweepError(f"sweep {sweep.name!r}: {len(stale)} run director{'y was' if len(stale) == 1 else 'ies were'}"
-                         f" made with other settings:\n{lines}\nremove them, or pass --restart-stale to move them "
-                         "aside")
-    for r, _ in stale:
-        say(f"[sweep {sweep.name}] {r.name}: stale work directory moved to {_move_aside(r)}")
-
-
-@dataclasses.dataclass
-class LaunchResult:
-    states: dict[str, RunState]  # run name -> state after the launch (skipped runs included)
-    skipped: list[str]
-    executed: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return all(s.status == "finished" for s in self.states.values())
-
-
-def launch(sweep: Sweep, *, parallel: int = 1, commands: Commands = Commands(), only: str | None = None,
-           dry_run: bool = False, restart_stale: bool = False, say: Callable[[str], None] = print) -> LaunchResult:
-    """Runs every selected run that is not finished, ``parallel`` at a time; a failed run does not stop
-    the others. ``dry_run`` prints the commands instead."""
-    if parallel < 1:
-        raise SweepError(f"--parallel must be at least 1, got {parallel}")
-    runs = sweep.select(only)
-    states = {r.name: run_state(sweep, r) for r in runs}
-    todo = [r for r in runs if states[r.name].status != "finished"]
-    skipped = [r.name for r in runs if states[r.name].status == "finished"]
-    if dry_run:
-        for r in runs:
-            st = states[r.name]
-            if st.status == "finished":
-                say(f"# {r.index} {r.name}: finished, skipped")
-                continue
-            say(f"# {r.index} {r.name}: {st.status}" + (f" ({st.detail})" if st.detail else ""))
-            for cmd in run_commands(sweep, r, commands):
-                say(shlex.join(cmd))
-        return LaunchResult(states, skipped, [])
-    _prepare(sweep, todo, restart_stale, say)
-    say(f"[sweep {sweep.name}] {len(todo)} run(s) to do, {len(skipped)} finished already, {parallel} at a time; "
-        f"root {sweep.root}")
-    procs = _Processes()
-    lock = threading.Lock()
-
-    def locked_say(msg: str) -> None:
-        with lock:
-            say(msg)
-
-    def one(r: Run) -> tuple[str, RunState]:
-        if procs.stop.is_set():
-            return r.name, run_state(sweep, r)
-        return r.name, execute_run(sweep, r, commands, procs, locked_say)
-
-    with _forward_signals(procs), ThreadPoolExecutor(max_workers=parallel) as pool:
-        for name, st in pool.map(one, todo):
-            states[name] = st
-    return LaunchResult(states, skipped, [r.name for r in todo])
-
-
-def run_one(sweep: Sweep, index: int, *, commands: Commands = Commands(), restart_stale: bool = False,
-            say: Callable[[str], None] = print) -> RunState:
-    """The run of ``index`` (a SLURM array task): skipped if finished."""
-    if not 0 <= index < len(sweep.runs):
-        raise SweepError(f"sweep {sweep.name!r} has {len(sweep.runs)} runs (0..{len(sweep.runs) - 1}), "
-                         f"no run {index}")
-    run = sweep.runs[index]
-    state = run_state(sweep, run)
-    if state.status == "finished":
-        say(f"[sweep {sweep.name}] {run.name}: finished already, skipped")
-        return state
-    _prepare(sweep, [run], restart_stale, say)
-    procs = _Processes()
-    with _forward_signals(procs):
-        return execute_run(sweep, run, commands, procs, say)
-
-
-# --------------------------------------------------------------------------------------------------
-# SLURM
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class SlurmOptions:
-    partition: str | None = None  # --partition; None = the cluster's default
-    account: str | None = None  # --account; None = the user's default
-    time: str = "04:00:00"  # --time per array task (one run: train + eval)
-    gpus: int = 1  # --gres=gpu:N per array task; 0 = none
-    cpus_per_task: int = 8  # --cpus-per-task
-    mem: str | None = None  # --mem per task, e.g. "64G"; None = the partition's default
-    max_concurrent: int | None = None  # the %MAX of --array; None = every run at once
-    extra: tuple[str, ...] = ()  # further #SBATCH options, e.g. ("--qos=high", "--constraint=a100")
-
-
-def slurm_script(sweep: Sweep, opts: SlurmOptions = SlurmOptions(), *, commands: Commands = Commands(),
-                 extra_overrides: Sequence[str] = (), restart_stale: bool = False, cwd: Path | None = None) -> str:
-    """An sbatch array script: task i runs ``python -m jax_instant4d.sweep run-one SWEEPFILE i``."""
-    n = len(sweep.runs)
-    cwd = (cwd or Path.cwd()).absolute()
-    sweep_file = sweep.path.absolute()
-    logs = (sweep.root if sweep.root.is_absolute() else cwd / sweep.root) / "slurm"
-    limit = opts.max_concurrent or n
-    if limit < 1:
-        raise SweepError(f"--max-concurrent must be at least 1, got {limit}")
-    task = ['"$PYTHON"', "-m", "jax_instant4d.sweep", "run-one", shlex.quote(str(sweep_file)), '"$SLURM_ARRAY_TASK_ID"']
-    if not commands.is_default:
-        task += ["--train-cmd", shlex.quote(shlex.join(commands.train)),
-                 "--eval-cmd", shlex.quote(shlex.join(commands.eval))]
-    if restart_stale:
-        task.append("--restart-stale")
-    task += [shlex.quote(o if o.startswith("--config.") else f"--config.{o}") for o in extra_overrides]
-    sb = [f"#SBATCH --job-name=instant4d-sweep-{sweep.name}",
-          f"#SBATCH --array=0-{n - 1}%{limit}",
-          f"#SBATCH --time={opts.time}",
-          f"#SBATCH --cpus-per-task={opts.cpus_per_task}",
-          "#SBATCH --ntasks=1",
-          f"#SBATCH --chdir={cwd}",
-          f"#SBATCH --output={logs}/%x-%A_%a.out",
-          "#SBATCH --open-mode=append",
-          "#SBATCH --signal=B:TERM@300",
-          "#SBATCH --requeue"]
-    if opts.gpus:
-        sb.append(f"#SBATCH --gres=gpu:{opts.gpus}")
-    if opts.partition:
-        sb.append(f"#SBATCH --partition={opts.partition}")
-    if opts.account:
-        sb.append(f"#SBATCH --account={opts.account}")
-    if opts.mem:
-        sb.append(f"#SBATCH --mem={opts.mem}")
-    sb += [f"#SBATCH {e}" for e in opts.extra]
-    table = "\n".join(f"#   {r.index:>3}  {r.name}" for r in sweep.runs)
-    return f"""#!/bin/bash
-# SLURM array job of sweep {sweep.name!r} ({sweep_file}), written by `instant4d sweep ... launch --slurm`.
-# One array task per run: task i runs run i of the sweep file (train, then eval, in the run's work
-# directory under {sweep.root}); a run already finished is skipped, so resubmitting this script
-# finishes what is left (an interrupted run resumes from its latest checkpoint). Then:
-#   instant4d sweep {sweep.path} collect
-#
-# Options baked in by `launch --slurm` (change them there, or here):
-#   --partition       partition (queue); absent = the cluster's default        (--partition)
-#   --account         account charged; absent = your default                     (--account)
-#   --time            wall-clock limit of ONE task (train + eval of one run)     (--time, default 04:00:00)
-#   --gres=gpu:N      GPUs per task (one process uses all of them); absent = 0   (--gpus, default 1)
-#   --cpus-per-task   CPU cores per task (data decoding)                         (--cpus-per-task, default 8)
-#   --mem             memory per task; absent = the partition's default          (--mem)
-#   --array=0-N%MAX   all runs, at most MAX at a time                            (--max-concurrent, default all)
-#   --signal=B:TERM@300  SIGTERM 5 minutes before the time limit: the run checkpoints and stops; resubmit
-#   --requeue         a preempted task comes back and resumes
-#   further #SBATCH lines                                                        (--sbatch-arg, repeatable)
-# Environment variables read when a task starts (all optional):
-#   PYTHON   interpreter (default: python, after activating VENV)
-#   VENV     virtual environment to activate (default: {cwd}/.venv, if it exists)
-#
-# Runs (array index, name):
-{table}
-{chr(10).join(sb)}
-
-set -euo pipefail
-cd {shlex.quote(str(cwd))}
-VENV=${{VENV:-{shlex.quote(str(cwd / '.venv'))}}}
-if [[ -f "$VENV/bin/activate" ]]; then
-  # shellcheck disable=SC1091
-  source "$VENV/bin/activate"
-fi
-PYTHON=${{PYTHON:-python}}
-SLURM_ARRAY_TASK_ID=${{SLURM_ARRAY_TASK_ID:?run this script with sbatch (or set SLURM_ARRAY_TASK_ID)}}
-echo "instant4d sweep {sweep.name}: task $SLURM_ARRAY_TASK_ID of job ${{SLURM_ARRAY_JOB_ID:-?}} on $(hostname)"
-exec {" ".join(task)}
-"""
-
-
-def write_slurm(sweep: Sweep, opts: SlurmOptions = SlurmOptions(), *, submit: bool = False,
-                commands: Commands = Commands(), extra_overrides: Sequence[str] = (), restart_stale: bool = False,
-                say: Callable[[str], None] = print) -> Path:
-    """Writes ``<root>/sweep.sbatch`` (and ``<root>/slurm/`` for the task logs); submits it if asked."""
-    text = slurm_script(sweep, opts, commands=commands, extra_overrides=extra_overrides,
-                        restart_stale=restart_stale)
-    sweep.root.mkdir(parents=True, exist_ok=True)
-    (sweep.root / "slurm").mkdir(exist_ok=True)
-    path = sweep.root / "sweep.sbatch"
-    path.write_text(text)
-    path.chmod(0o755)
-    say(f"[sweep {sweep.name}] wrote {path} ({len(sweep.runs)} array tasks)")
-    if not submit:
-        say(f"submit with: sbatch {path}")
-        return path
-    sbatch = shutil.which("sbatch")
-    if sbatch is None:
-        raise SweepError(f"--submit: sbatch is not on PATH (the script is at {path})")
-    out = subprocess.run([sbatch, str(path)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SweepError(f"sbatch {path} failed with status {out.returncode}: {out.stderr.strip()}")
-    say(out.stdout.strip())
-    return path
-
-
-# --------------------------------------------------------------------------------------------------
 # Collect: table, JSON, plot
 # --------------------------------------------------------------------------------------------------
 
@@ -794,7 +438,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _status_text(state: RunState) -> str:
+def status_text(state: RunState) -> str:
     return state.status if not state.detail or state.status == "finished" else f"{state.status}: {state.detail}"
 
 
@@ -804,7 +448,7 @@ def collect(sweep: Sweep, *, plot: bool = True, say: Callable[[str], None] = pri
     rows = []
     for run in sweep.runs:
         st = run_state(sweep, run)
-        rows.append({"index": run.index, "name": run.name, "overrides": _normalise(run.overrides),
+        rows.append({"index": run.index, "name": run.name, "overrides": normalise(run.overrides),
                      "workdir": str(run.workdir), "status": st.status, "detail": st.detail,
                      "log": str(run.workdir / LOG) if (run.workdir / LOG).exists() else None, "eval": st.eval})
     base = next((r for r in rows if r["name"] == sweep.baseline), None)
@@ -815,9 +459,9 @@ def collect(sweep: Sweep, *, plot: bool = True, say: Callable[[str], None] = pri
     summary = {"sweep": sweep.name, "sweep_file": str(sweep.path), "config": sweep.config, "root": str(sweep.root),
                "split": sweep.split, "baseline": sweep.baseline, "seed_keys": list(sweep.seed_keys), "groups": groups,
                "fixed": {k: cli_value(v) for k, v in sweep.fixed.items()},
-               "collected": _now(), "counts": counts, "runs": rows}
+               "collected": now(), "counts": counts, "runs": rows}
     sweep.root.mkdir(parents=True, exist_ok=True)
-    _write_json(sweep.root / "sweep.json", summary)
+    write_json(sweep.root / "sweep.json", summary)
     (sweep.root / "sweep.md").write_text(markdown_table(sweep, rows, counts) + seeds_table(sweep, groups))
     say(f"[sweep {sweep.name}] wrote {sweep.root / 'sweep.md'} and sweep.json: "
         + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -930,7 +574,7 @@ def markdown_table(sweep: Sweep, rows: list[dict[str, Any]], counts: dict[str, i
     head = ["run", "overrides", "status", *(c[0] for c in COLUMNS), *(p[0] for p in paired)]
     lines = [f"# Sweep `{sweep.name}`", "",
              f"Base config `{sweep.config}`; fixed overrides: {fixed}; eval split `{sweep.split}`; "
-             f"{len(rows)} runs (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"); collected {_now()}.",
+             f"{len(rows)} runs (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"); collected {now()}.",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(COLUMNS) + len(paired))]
     for r in rows:
         ov = ", ".join(f"`{k}={cli_value(v)}`" for k, v in r["overrides"].items()) or "(base)"
@@ -995,130 +639,7 @@ def plot_quality_speed(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> 
     return path
 
 
-# --------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------
+if __name__ == "__main__":  # SLURM scripts written before launching left the library call this module
+    from jax_instant4d.cli import main
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Expand a sweep file's grid of config overrides into runs; launch them locally or as a "
-                          "SLURM array; collect their eval JSON into a table and a plot.")
-    parser.add_argument("sweep", help="sweep file (configs/sweeps/*.py)")
-    parser.add_argument("action", nargs="?", default="launch", help=f"one of {', '.join(ACTIONS)} (default launch)")
-    parser.add_argument("index", nargs="?", type=int, default=None, help="run-one: the run's index (see list)")
-    g = parser.add_argument_group("launch")
-    g.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1: one after another)")
-    g.add_argument("--dry-run", action="store_true", help="print the commands of the runs to do (with --slurm: the "
-                                                          "script), run and write nothing")
-    g.add_argument("--only", default=None, help="comma-separated run names or indices (launch, list)")
-    g.add_argument("--restart-stale", action="store_true",
-                   help="move aside run directories made with other settings, instead of stopping")
-    g.add_argument("--no-collect", action="store_true", help="do not collect at the end of launch")
-    g.add_argument("--train-cmd", default=None,
-                   help="command prefix of the training step (default: '<this python> -m jax_instant4d.cli train'); "
-                        "gets --config BASE --workdir RUNDIR --config.KEY=VALUE...")
-    g.add_argument("--eval-cmd", default=None,
-                   help="command prefix of the eval step (default: '<this python> -m jax_instant4d.cli eval'); "
-                        "gets --checkpoint RUNDIR --split SPLIT")
-    s = parser.add_argument_group("SLURM (launch --slurm)")
-    s.add_argument("--slurm", action="store_true", help="write <root>/sweep.sbatch (one array task per run) "
-                                                        "instead of running")
-    s.add_argument("--submit", action="store_true", help="with --slurm: submit it with sbatch")
-    s.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")
-    s.add_argument("--account", default=None, help="SLURM account (default: yours)")
-    s.add_argument("--time", default=SlurmOptions.time, help="time limit of one task = one run (default %(default)s)")
-    s.add_argument("--gpus", type=int, default=SlurmOptions.gpus, help="GPUs per task (default %(default)s)")
-    s.add_argument("--cpus-per-task", type=int, default=SlurmOptions.cpus_per_task,
-                   help="CPU cores per task (default %(default)s)")
-    s.add_argument("--mem", default=None, help="memory per task, e.g. 64G (default: the partition's)")
-    s.add_argument("--max-concurrent", type=int, default=None, help="array tasks at a time (default: all)")
-    s.add_argument("--sbatch-arg", action="append", default=[], help="extra #SBATCH option, e.g. --qos=high "
-                                                                     "(repeatable)")
-
-
-def _commands(args: argparse.Namespace) -> Commands:
-    base = Commands()
-    train = tuple(shlex.split(args.train_cmd)) if args.train_cmd else base.train
-    ev = tuple(shlex.split(args.eval_cmd)) if args.eval_cmd else base.eval
-    if not train or not ev:
-        raise SweepError("--train-cmd / --eval-cmd must not be empty")
-    return Commands(train, ev)
-
-
-def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    sweep_file, action = args.sweep, args.action
-    if sweep_file in ACTIONS and action not in ACTIONS:  # `run-one SWEEPFILE INDEX`
-        sweep_file, action = action, sweep_file
-    if action not in ACTIONS:
-        raise SweepError(f"unknown sweep action {action!r} (one of {', '.join(ACTIONS)})")
-    if action == "run-one" and args.index is None:
-        raise SweepError("run-one needs the run's INDEX")
-    if action != "run-one" and args.index is not None:
-        raise SweepError(f"{action} takes no INDEX")
-    sweep = load_sweep(sweep_file, overrides)  # validates every run before anything starts
-    commands = _commands(args)
-
-    if action == "list":
-        for r in sweep.select(args.only):
-            st = run_state(sweep, r)
-            ov = " ".join(f"{k}={v}" for k, v in sweep.overrides(r).items())
-            print(f"{r.index:>3}  {r.name:<32} {_status_text(st):<12}  {r.workdir}  [{ov}]")
-        return 0
-    if action == "collect":
-        return _collect_cli(sweep)
-    if action == "run-one":
-        state = run_one(sweep, args.index, commands=commands, restart_stale=args.restart_stale)
-        return {"finished": 0, "interrupted": EXIT_INTERRUPTED}.get(state.status, 1)
-    # launch
-    if args.slurm:
-        if args.only:
-            raise SweepError("--only does not apply to --slurm (every run is an array task; finished ones skip)")
-        opts = SlurmOptions(args.partition, args.account, args.time, args.gpus, args.cpus_per_task, args.mem,
-                            args.max_concurrent, tuple(args.sbatch_arg))
-        if args.dry_run:  # print the script, write nothing
-            print(slurm_script(sweep, opts, commands=commands, extra_overrides=overrides,
-                               restart_stale=args.restart_stale), end="")
-            return 0
-        write_slurm(sweep, opts, submit=args.submit, commands=commands, extra_overrides=overrides,
-                    restart_stale=args.restart_stale)
-        return 0
-    if args.submit:
-        raise SweepError("--submit needs --slurm")
-    result = launch(sweep, parallel=args.parallel, commands=commands, only=args.only, dry_run=args.dry_run,
-                    restart_stale=args.restart_stale)
-    if args.dry_run:
-        return 0
-    failed = {n: s for n, s in result.states.items() if s.status != "finished"}
-    print(f"[sweep {sweep.name}] {len(result.states) - len(failed)} of {len(result.states)} run(s) finished"
-          + ("" if not failed else "; not finished: " + ", ".join(f"{n} ({s.status})" for n, s in failed.items())),
-          flush=True)
-    rc = 0 if result.ok else 1
-    if any(s.status == "interrupted" for s in failed.values()):
-        return EXIT_INTERRUPTED
-    if not args.no_collect:
-        rc = max(rc, _collect_cli(sweep))
-    return rc
-
-
-def _collect_cli(sweep: Sweep) -> int:
-    try:
-        collect(sweep)
-    except PlotError as e:
-        print(f"instant4d sweep: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-COMMAND = ("ablation sweeps: expand a grid of overrides into runs, launch (local or SLURM), collect a table and "
-           "plot", add_arguments, run)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m jax_instant4d.sweep ...`` and ``launch/sweep.py ...``: the same as ``instant4d sweep ...``."""
-    from jax_instant4d.cli import main as cli_main
-
-    return cli_main(["sweep", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["sweep", *sys.argv[1:]]))

@@ -1,131 +1,31 @@
-"""Ablation sweeps (jax_instant4d/sweep.py): expansion, validation, launching, resume, SLURM, collect.
+"""Ablation sweeps, the library part (jax_instant4d/sweep.py): sweep files and their expansion into runs,
+validation, the state of a run directory, collect (table, JSON, plot). Launching is tested in
+tests/test_launch_sweep.py.
 
-No real training: the per-run commands are replaced (``--train-cmd`` / ``Commands``) by a fake script that
-resolves the config like ``instant4d train`` (writing ``config.json``) and writes a plausible eval JSON.
+No training: the run directories are made by a fake script (tests/sweep_fakes.py) that resolves the config
+like ``instant4d train`` (writing ``config.json``) and writes a plausible eval JSON.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import shlex
-import shutil
 import struct
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sweep_fakes import FUSIONS, REPO, SELF_PSNR, SMALL, table_rows, write_fake, write_sweep
 
 from jax_instant4d import cli
 from jax_instant4d import sweep as S
 from jax_instant4d.config import get_config
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL = str(REPO / "configs" / "small.py")
-FUSIONS = ["local", "global", "deform", "none"]
-
-# What the fake eval reports per fusion (the table must show exactly these, formatted).
-SELF_PSNR = {"local": 30.137, "global": 29.504, "deform": 27.251, "none": 24.018}
-CROSS_PSNR = {"local": 22.871, "global": 22.406, "deform": 21.333, "none": 19.999}
-SSIM = {"local": 0.91234, "global": 0.90101, "deform": 0.88888, "none": 0.80003}
-EXPR_SELF = {"local": 0.03121, "global": 0.03333, "deform": 0.04444, "none": 0.09876}
-EXPR_CROSS = {"local": 0.04561, "global": 0.04702, "deform": 0.05999, "none": None}
-CONSISTENCY = {"local": 0.87654, "global": 0.86543, "deform": 0.81234, "none": 0.9}
-FPS = {"local": 107.31, "global": 3.7049, "deform": 95.0, "none": 120.52}
-
-FAKE = textwrap.dedent('''
-    """Stands in for `instant4d train` and `instant4d eval` in tests/test_sweep.py."""
-    import argparse, json, sys, time
-    from pathlib import Path
-    from jax_instant4d.config import get_config, split_config_args
-
-    VALUES = %(values)r
-
-    def main(argv):
-        mode = argv[0]
-        rest, overrides = split_config_args(argv[1:])
-        p = argparse.ArgumentParser()
-        for a in ("--config", "--workdir", "--checkpoint", "--split", "--barrier"):
-            p.add_argument(a)
-        p.add_argument("--fail", default="")
-        p.add_argument("--barrier-n", type=int, default=0)
-        a = p.parse_args(rest)
-        wd = Path(a.workdir if mode == "train" else a.checkpoint)
-        with open(wd / "calls.txt", "a") as f:
-            f.write(mode + "\\n")
-        if mode == "train":
-            cfg = get_config(a.config, overrides + ["workdir=" + a.workdir])
-            print("fake train", cfg.model.fusion, cfg.train.steps, flush=True)
-            if cfg.model.fusion in a.fail.split(","):
-                print("fake train: exploding on purpose", file=sys.stderr)
-                return 3
-            if a.barrier:  # wait until barrier-n runs are in training at the same time
-                Path(a.barrier, cfg.model.fusion).touch()
-                t0 = time.time()
-                while len(list(Path(a.barrier).iterdir())) < a.barrier_n:
-                    if time.time() - t0 > 30:
-                        print("fake train: barrier timeout", file=sys.stderr)
-                        return 4
-                    time.sleep(0.05)
-            (wd / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
-            return 0
-        cfg = json.loads((wd / "config.json").read_text())
-        fusion = cfg["model"]["fusion"]
-        v = {k: d[fusion] for k, d in VALUES.items()}
-        def part(psnr, expr, consistency):
-            return {"psnr": psnr, "ssim": v["ssim"], "lpips": None, "identity": None, "expression_error": expr,
-                    "expression_error_teacher": None, "consistency": consistency, "num_frames": 16}
-        ev = {"checkpoint": str(wd / "checkpoints" / str(cfg["train"]["steps"])), "step": cfg["train"]["steps"],
-              "split": a.split, "config_name": cfg["name"], "fusion": fusion,
-              "num_gaussians": cfg["model"]["gaussian_res"] ** 2, "image_size": cfg["model"]["image_size"],
-              "self": part(v["self_psnr"], v["expr_self"], None),
-              "cross": part(v["cross_psnr"], v["expr_cross"], v["consistency"]),
-              "animate_fps": v["fps"], "encode_ms": 12.5, "notes": ["fake"]}
-        (wd / ("eval_%%s.json" %% a.split)).write_text(json.dumps(ev, indent=2))
-        return 0
-
-    sys.exit(main(sys.argv[1:]))
-''') % {"values": {"self_psnr": SELF_PSNR, "cross_psnr": CROSS_PSNR, "ssim": SSIM, "expr_self": EXPR_SELF,
-                   "expr_cross": EXPR_CROSS, "consistency": CONSISTENCY, "fps": FPS}}
-
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("fake") / "fake_instant4d.py"
-    path.write_text(FAKE)
-    return path
-
-
-def fake_commands(fake: Path, *train_args: str) -> S.Commands:
-    return S.Commands((sys.executable, str(fake), "train", *train_args), (sys.executable, str(fake), "eval"))
-
-
-def fake_cli(fake: Path, *train_args: str) -> list[str]:
-    c = fake_commands(fake, *train_args)
-    return ["--train-cmd", shlex.join(c.train), "--eval-cmd", shlex.join(c.eval)]
-
-
-def write_sweep(path: Path, **spec) -> Path:
-    spec = {k: (str(v) if isinstance(v, Path) else v) for k, v in spec.items()}
-    spec.setdefault("config", SMALL)
-    path.write_text(f"def get_sweep():\n    return {spec!r}\n")
-    return path
-
-
-def table_rows(md: str) -> dict[str, dict[str, str]]:
-    lines = [line for line in md.splitlines() if line.startswith("| ")]
-    header = [c.strip() for c in lines[0][2:-2].split(" | ")]
-    rows = [dict(zip(header, [c.strip() for c in line[2:-2].split(" | ")], strict=True)) for line in lines[1:]]
-    return {r["run"]: r for r in rows}
-
-
-def calls(run_dir: Path) -> list[str]:
-    f = run_dir / "calls.txt"
-    return f.read_text().split() if f.exists() else []
+    return write_fake(tmp_path_factory.mktemp("fake"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,15 +51,8 @@ def test_grid_zip_and_explicit_runs_expand_to_named_runs(tmp_path):
     assert all(r.workdir == tmp_path / "root" / r.name for r in sw.runs)
     assert sw.runs[1].overrides == {"model.fusion": "local", "model.gaussian_res": 32, "train.loss.l1": 0.5,
                                     "train.loss.delta_f": 1e-05}
-    train, ev = S.run_commands(sw, sw.runs[1])
-    assert train == [sys.executable, "-m", "jax_instant4d.cli", "train", "--config", SMALL,
-                     "--workdir", str(tmp_path / "root" / names[1]), "--config.train.steps=5",
-                     "--config.model.fusion=local", "--config.model.gaussian_res=32", "--config.train.loss.l1=0.5",
-                     "--config.train.loss.delta_f=1e-05"]
-    assert ev == [sys.executable, "-m", "jax_instant4d.cli", "eval", "--checkpoint",
-                  str(tmp_path / "root" / names[1]), "--split", "heldout"]
     # the command-line strings resolve to the grid's values, as train will see them
-    cfg = get_config(SMALL, [a[len("--config."):] for a in train if a.startswith("--config.")])
+    cfg = get_config(SMALL, [f"{k}={v}" for k, v in sw.overrides(sw.runs[1]).items()])
     assert cfg.train.loss.delta_f == 1e-05 and cfg.model.gaussian_res == 32 and cfg.train.steps == 5
     # names are stable: loading again gives the same ones; extra command-line overrides join the fixed ones
     again = S.load_sweep(f, ["--config.train.steps=9"])
@@ -200,70 +93,55 @@ def test_validation_errors_name_the_offender(tmp_path, spec, match):
         S.load_sweep(f)
 
 
-def test_bad_key_stops_launch_before_anything_runs(tmp_path, fake, capsys):
-    # the first run is fine, the third has a typo: nothing may start
-    root = tmp_path / "root"
-    f = write_sweep(tmp_path / "bad.py", workdir=root,
-                    runs=[{"model.fusion": "local"}, {"model.fusion": "none"}, {"model.fusion": "global",
-                                                                                "train.loss.lipps": 0.5}])
-    rc = cli.main(["sweep", str(f), "launch", *fake_cli(fake)])
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert "train.loss.lipps" in err and "fusion-global__lipps-0.5" in err
-    assert not root.exists()
-    with pytest.raises(S.SweepError, match="no run 7"):
-        S.run_one(S.load_sweep(write_sweep(tmp_path / "ok.py", workdir=root, grid={"model.fusion": FUSIONS})), 7)
-    assert cli.main(["sweep", str(f), "frobnicate"]) == 2
-    assert "unknown sweep action 'frobnicate'" in capsys.readouterr().err
-
-
 # --------------------------------------------------------------------------------------------------
-# Launching: failures, resume, parallel, dry run
+# Run state and collect
 # --------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory, fake):
-    """The four fusions launched through the CLI with the fake commands; the deform run fails in training."""
-    tmp = tmp_path_factory.mktemp("launched")
+def run_dirs(tmp_path_factory, fake):
+    """The four fusions' run directories as train and eval leave them (the fake stands in for both; no
+    launcher), except the deform run, which failed in training and has only what a launcher records."""
+    tmp = tmp_path_factory.mktemp("runs")
     f = write_sweep(tmp / "fusion4.py", name="fusion4", workdir=tmp / "root", fixed={"train.steps": 7},
                     grid={"model.fusion": FUSIONS})
-    rc = cli.main(["sweep", str(f), "launch", "--no-collect", *fake_cli(fake, "--fail", "deform")])
-    return f, S.load_sweep(f), rc
+    sw = S.load_sweep(f)
+    for r in sw.runs:
+        r.workdir.mkdir(parents=True)
+        if r.overrides["model.fusion"] == "deform":
+            (r.workdir / S.LOG).write_text("fake train: exploding on purpose\n")
+            (r.workdir / S.RECORD).write_text(json.dumps({"name": r.name, "status": "failed", "stage": "train",
+                                                          "detail": "train exited with status 3"}))
+            continue
+        overrides = [f"--config.{k}={v}" for k, v in sw.overrides(r).items()]
+        subprocess.run([sys.executable, str(fake), "train", "--config", sw.config, "--workdir", str(r.workdir),
+                        *overrides], check=True, capture_output=True, timeout=120)
+        subprocess.run([sys.executable, str(fake), "eval", "--checkpoint", str(r.workdir), "--split", sw.split],
+                       check=True, capture_output=True, timeout=120)
+    return f, sw
 
 
-def test_failed_run_is_recorded_and_others_continue(launched):
-    _f, sw, rc = launched
-    assert rc == 1
-    states = {r.name: S.run_state(sw, r) for r in sw.runs}
-    assert {n: s.status for n, s in states.items()} == {"fusion-local": "finished", "fusion-global": "finished",
-                                                        "fusion-deform": "failed", "fusion-none": "finished"}
-    deform = sw.runs[2].workdir
-    rec = json.loads((deform / S.RECORD).read_text())
-    assert rec["status"] == "failed" and rec["stage"] == "train" and rec["returncodes"] == {"train": 3}
-    assert rec["detail"] == "train exited with status 3"
-    assert "exploding on purpose" in (deform / S.LOG).read_text()  # the run's output is kept
-    assert calls(deform) == ["train"]  # eval was not attempted
-    assert not (deform / "eval_heldout.json").exists()
-    for r in (sw.runs[0], sw.runs[1], sw.runs[3]):  # the runs after the failure ran too
-        assert calls(r.workdir) == ["train", "eval"]
-        rec = json.loads((r.workdir / S.RECORD).read_text())
-        assert rec["status"] == "finished" and rec["returncodes"] == {"train": 0, "eval": 0}
-        assert rec["overrides"] == {"train.steps": "7", "model.fusion": r.overrides["model.fusion"]}
-        assert json.loads((r.workdir / "config.json").read_text())["train"]["steps"] == 7
+def test_run_state_reads_the_run_directory(run_dirs, tmp_path):
+    f, sw = run_dirs
+    assert [S.run_state(sw, r).status for r in sw.runs] == ["finished", "finished", "failed", "finished"]
+    assert S.run_state(sw, sw.runs[2]).detail == "train exited with status 3"
+    # more steps: not finished (train resumes and trains further), not stale
+    longer = S.load_sweep(f, ["train.steps=9"])
+    st = S.run_state(longer, longer.runs[0])
+    assert st.status == "incomplete" and st.differs == {"train.steps": (7, 9)}
+    assert st.detail == "train.steps: 7 in the run, 9 in the sweep"
+    # another value of a swept key: stale
+    other = S.load_sweep(f, ["model.gaussian_res=32"])
+    st = S.run_state(other, other.runs[1])
+    assert st.status == "stale" and "model.gaussian_res: 64 in the run, 32 in the sweep" in st.detail
+    # nothing there yet: pending
+    moved = S.load_sweep(write_sweep(tmp_path / "elsewhere.py", workdir=tmp_path / "none",
+                                     grid={"model.fusion": FUSIONS}))
+    assert {S.run_state(moved, r).status for r in moved.runs} == {"pending"}
 
 
-def test_list_shows_statuses(launched, capsys):
-    f, _sw, _rc = launched
-    assert cli.main(["sweep", str(f), "list"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert len(out) == 4
-    assert out[0].split()[:3] == ["0", "fusion-local", "finished"]
-    assert out[2].split()[:4] == ["2", "fusion-deform", "failed:", "train"]
-
-
-def test_collect_table_and_json_equal_the_eval_json(launched):
-    _f, sw, _rc = launched
+def test_collect_table_and_json_equal_the_eval_json(run_dirs):
+    _f, sw = run_dirs
     summary = S.collect(sw, plot=False)
     md = (sw.root / "sweep.md").read_text()
     rows = table_rows(md)
@@ -334,8 +212,8 @@ def test_paired_differences_to_the_baseline_run(tmp_path):
     assert table["fusion-local"]["self eyes+mouth PSNR (dB)"] == f"{np.nanmean(reg_ours):.2f}"
 
 
-def test_plot_is_a_png(launched):
-    _f, sw, _rc = launched
+def test_plot_is_a_png(run_dirs):
+    _f, sw = run_dirs
     png = sw.root / "sweep.png"
     png.unlink(missing_ok=True)
     try:
@@ -351,8 +229,8 @@ def test_plot_is_a_png(launched):
     assert len(data) > 10_000  # axes, points and labels were drawn
 
 
-def test_missing_matplotlib_fails_only_at_the_plot(launched, monkeypatch):
-    _f, sw, _rc = launched
+def test_missing_matplotlib_fails_only_at_the_plot(run_dirs, monkeypatch):
+    f, sw = run_dirs
     for m in ("matplotlib", "matplotlib.figure", "matplotlib.backends", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, m, None)  # import fails as if not installed
     (sw.root / "sweep.md").unlink(missing_ok=True)
@@ -361,151 +239,7 @@ def test_missing_matplotlib_fails_only_at_the_plot(launched, monkeypatch):
         S.collect(sw)
     assert "fusion-local" in (sw.root / "sweep.md").read_text()  # the table was written first
     assert json.loads((sw.root / "sweep.json").read_text())["counts"]["finished"] == 3
-    assert S._collect_cli(sw) == 1
-
-
-def test_resume_skips_finished_runs(tmp_path, fake):
-    f = write_sweep(tmp_path / "two.py", workdir=tmp_path / "root", fixed={"train.steps": 3},
-                    grid={"model.fusion": ["local", "none"]})
-    sw = S.load_sweep(f)
-    local, none = (r.workdir for r in sw.runs)
-    cmds = fake_commands(fake)
-    res = S.launch(sw, commands=cmds, say=lambda _: None)
-    assert res.ok and res.executed == ["fusion-local", "fusion-none"] and res.skipped == []
-    # launched again: both finished, nothing runs
-    res = S.launch(sw, commands=cmds, say=lambda _: None)
-    assert res.ok and res.executed == [] and res.skipped == ["fusion-local", "fusion-none"]
-    assert calls(local) == calls(none) == ["train", "eval"]
-    # an eval JSON gone: only that run runs again
-    (none / "eval_heldout.json").unlink()
-    assert S.run_state(sw, sw.runs[1]).status == "incomplete"
-    res = S.launch(sw, commands=cmds, say=lambda _: None)
-    assert res.executed == ["fusion-none"] and res.ok
-    assert calls(local) == ["train", "eval"] and calls(none) == ["train", "eval", "train", "eval"]
-    # more steps: not finished (train resumes and trains further), not stale
-    longer = S.load_sweep(f, ["train.steps=5"])
-    st = S.run_state(longer, longer.runs[0])
-    assert st.status == "incomplete" and st.differs == {"train.steps": (3, 5)}
-    # a directory made with another fusion is stale: launch refuses before running anything ...
-    cfg = json.loads((local / "config.json").read_text())
-    cfg["model"]["fusion"] = "global"
-    (local / "config.json").write_text(json.dumps(cfg))
-    assert S.run_state(sw, sw.runs[0]).status == "stale"
-    with pytest.raises(S.SweepError, match=r"fusion-local .*model.fusion: 'global' in the run, 'local' in the sweep"):
-        S.launch(sw, commands=cmds, say=lambda _: None)
-    assert calls(local) == ["train", "eval"]
-    # ... or moves it aside with --restart-stale and runs afresh
-    res = S.launch(sw, commands=cmds, restart_stale=True, say=lambda _: None)
-    assert res.executed == ["fusion-local"] and res.ok
-    aside = [p for p in (tmp_path / "root").iterdir() if p.name.startswith("fusion-local.stale-")]
-    assert len(aside) == 1 and calls(aside[0]) == ["train", "eval"] and calls(local) == ["train", "eval"]
-
-
-def test_parallel_two_runs_at_once(tmp_path, fake):
-    # each fake training waits until both are training: only passes if they run at the same time
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
-    f = write_sweep(tmp_path / "par.py", workdir=tmp_path / "root", fixed={"train.steps": 2},
-                    grid={"model.fusion": ["local", "global"]})
-    sw = S.load_sweep(f)
-    res = S.launch(sw, parallel=2, commands=fake_commands(fake, "--barrier", str(barrier), "--barrier-n", "2"),
-                   say=lambda _: None)
-    assert {n: s.status for n, s in res.states.items()} == {"fusion-local": "finished", "fusion-global": "finished"}
-    assert sorted(p.name for p in barrier.iterdir()) == ["global", "local"]
-    with pytest.raises(S.SweepError, match="--parallel"):
-        S.launch(sw, parallel=0)
-
-
-def test_dry_run_prints_commands_and_runs_nothing(tmp_path, fake):
-    root = tmp_path / "root"
-    f = write_sweep(tmp_path / "dry.py", workdir=root, fixed={"train.steps": 4}, grid={"model.fusion": ["deform"]})
-    out = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"), str(f), "launch", "--dry-run",
-                          *fake_cli(fake)], capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    rundir = root / "fusion-deform"
-    assert lines == ["# 0 fusion-deform: pending",
-                     f"{sys.executable} {fake} train --config {SMALL} --workdir {rundir} --config.train.steps=4 "
-                     "--config.model.fusion=deform",
-                     f"{sys.executable} {fake} eval --checkpoint {rundir} --split heldout"]
-    assert not root.exists()
-
-
-# --------------------------------------------------------------------------------------------------
-# SLURM
-# --------------------------------------------------------------------------------------------------
-
-
-def test_slurm_array_script(tmp_path, fake, monkeypatch):
-    root = tmp_path / "root"
-    f = write_sweep(tmp_path / "fusion4.py", name="f4", workdir=root, fixed={"train.steps": 2},
-                    grid={"model.fusion": FUSIONS})
-    monkeypatch.chdir(tmp_path)
-    rc = cli.main(["sweep", str(f), "launch", "--slurm", "--partition", "gpu-a100", "--account", "proj42",
-                   "--time", "01:30:00", "--gpus", "2", "--max-concurrent", "2", "--sbatch-arg=--qos=high",
-                   "--config.train.log_every=1", *fake_cli(fake)])
-    assert rc == 0
-    script = root / "sweep.sbatch"
-    text = script.read_text()
-    sb = [line for line in text.splitlines() if line.startswith("#SBATCH")]
-    assert "#SBATCH --array=0-3%2" in sb and "#SBATCH --job-name=instant4d-sweep-f4" in sb
-    for want in ("--partition=gpu-a100", "--account=proj42", "--time=01:30:00", "--gres=gpu:2", "--qos=high",
-                 f"--chdir={tmp_path}", f"--output={root}/slurm/%x-%A_%a.out", "--signal=B:TERM@300"):
-        assert f"#SBATCH {want}" in sb
-    exec_line = [line for line in text.splitlines() if line.startswith("exec ")]
-    assert exec_line == [f'exec "$PYTHON" -m jax_instant4d.sweep run-one {f} "$SLURM_ARRAY_TASK_ID" '
-                         f"--train-cmd '{sys.executable} {fake} train' --eval-cmd '{sys.executable} {fake} eval' "
-                         "--config.train.log_every=1"]
-    assert "#     2  fusion-deform" in text  # the index -> run table
-    assert not any((root / r).exists() for r in ("fusion-local", "fusion-deform"))  # nothing ran
-    # one array task, as SLURM would start it: runs exactly its run
-    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "2", "PYTHON": sys.executable, "VENV": str(tmp_path / "novenv")}
-    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr
-    sw = S.load_sweep(f, ["train.log_every=1"])
-    assert [S.run_state(sw, r).status for r in sw.runs] == ["pending", "pending", "finished", "pending"]
-    assert json.loads((root / "fusion-deform" / "config.json").read_text())["train"]["log_every"] == 1
-    # --submit: refused without sbatch; with one on PATH it is called with the script
-    empty = tmp_path / "nobin"
-    empty.mkdir()
-    monkeypatch.setenv("PATH", str(empty))
-    with pytest.raises(S.SweepError, match="sbatch is not on PATH"):
-        S.write_slurm(sw, submit=True, say=lambda _: None)
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "sbatch").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/sbatch_args\necho "Submitted batch job 7"\n')
-    (fake_bin / "sbatch").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
-    said: list[str] = []
-    path = S.write_slurm(sw, S.SlurmOptions(gpus=0), submit=True, say=said.append)
-    assert (tmp_path / "sbatch_args").read_text().strip() == str(path)
-    assert said[-1] == "Submitted batch job 7"
-    assert "#SBATCH --gres" not in path.read_text()
-
-
-def test_module_entry_takes_the_action_first(tmp_path, fake):
-    # `python -m jax_instant4d.sweep run-one SWEEPFILE INDEX` (the SLURM task form), a finished run is skipped
-    f = write_sweep(tmp_path / "one.py", workdir=tmp_path / "root", fixed={"train.steps": 2},
-                    grid={"model.fusion": ["none"]})
-    sw = S.load_sweep(f)
-    S.launch(sw, commands=fake_commands(fake), say=lambda _: None)
-    out = subprocess.run([sys.executable, "-m", "jax_instant4d.sweep", "run-one", str(f), "0", *fake_cli(fake)],
-                         capture_output=True, text=True, timeout=60, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    assert "fusion-none: finished already, skipped" in out.stdout
-    assert calls(sw.runs[0].workdir) == ["train", "eval"]
-
-
-def test_eval_writing_nothing_is_a_failure(tmp_path, fake):
-    f = write_sweep(tmp_path / "noeval.py", workdir=tmp_path / "root", grid={"model.fusion": ["local"]})
-    sw = S.load_sweep(f)
-    cmds = dataclasses.replace(fake_commands(fake), eval=(sys.executable, "-c", "pass"))
-    st = S.launch(sw, commands=cmds, say=lambda _: None).states["fusion-local"]
-    assert st.status == "failed" and "eval_heldout.json is missing" in st.detail
-    missing = dataclasses.replace(fake_commands(fake), train=(str(tmp_path / "no-such-program"),))
-    shutil.rmtree(sw.root)
-    st = S.launch(sw, commands=missing, say=lambda _: None).states["fusion-local"]
-    assert st.status == "failed" and st.detail == "train exited with status 127"
+    assert cli.main(["sweep", str(f), "collect"]) == 1  # the command reports it
 
 
 def test_seed_groups_mean_and_spread(tmp_path):
@@ -526,7 +260,7 @@ def test_seed_groups_mean_and_spread(tmp_path):
         p = float(rng.normal(22, 0.3))
         e = ev(p, p - 3, p - 4, float(vals[1]), float(vals[2]), float(vals[0] / 2))
         status = "failed" if run.overrides.get("seed") == 2 and run.overrides["model.fusion"] == "none" else "finished"
-        rows.append({"name": run.name, "overrides": S._normalise(run.overrides), "status": status, "eval": e})
+        rows.append({"name": run.name, "overrides": S.normalise(run.overrides), "status": status, "eval": e})
         if status == "finished":
             want.setdefault(run.overrides["model.fusion"], []).append(e)
     groups = {g["overrides"]["model.fusion"]: g for g in S.seed_groups(sw, rows)}
