@@ -371,6 +371,17 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
     ref_k = c.targets[k].astype(np.float64)
     want = -10 * np.log10(np.mean((np.clip(np.asarray(und[0], np.float64), 0, 1) - ref_k) ** 2))
     np.testing.assert_allclose(per["psnr_undriven"][k], want, atol=2e-3)
+    # the ceiling: the same undriven frame against the ground truth at the source's own expression (neutral for
+    # the synthetic heads), rendered at target k's camera
+    assert c.source_expression is not None and c.source_expression.shape == (len(c.expression[0]),)
+    still = groundtruth.render_params(c.identity_params[None], c.source_expression[None], c.target_w2c[k:k + 1],
+                                      c.target_intrinsics[k:k + 1], res, cfg.render.backend, group=4)[0]
+    want = -10 * np.log10(np.mean((np.clip(np.asarray(und[0], np.float64), 0, 1) - still / 255.0) ** 2))
+    np.testing.assert_allclose(per["psnr_ceiling"][k], want, atol=2e-3)
+    assert not np.array_equal(still, np.round(ref_k * 255))  # the target shows another expression
+    share = paper.reachable_share(m)
+    assert share == pytest.approx((m["region_psnr"] - m["region_psnr_undriven"])
+                                  / (m["region_psnr_ceiling"] - m["region_psnr_undriven"]))
 
     md = (workdir / "eval_heldout.md").read_text()
     assert "107.31" in md and "0.8294" in md and "**this run**" in md and "*comparable?*" in md
