@@ -13,10 +13,11 @@ import dataclasses
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jax_instant4d.config import ConfigDict, ConfigError, _check_known, apply_overrides, base_config
+from jax_instant4d.model.split import ModelDef
+from jax_instant4d.restore import restore_model_variables, saved_config_dict
 
 
 class CheckpointNotFound(FileNotFoundError):
@@ -55,13 +56,7 @@ def resolve_checkpoint(checkpoint: str | Path, step: int | None = None) -> tuple
 
 def saved_config(folder: Path, step: int, overrides: list[str] | dict[str, str] | None = None) -> ConfigDict:
     """The config stored with a checkpoint, checked against today's keys, with overrides applied."""
-    from jax_instant4d.train.checkpoint import Checkpointer
-
-    ckpt = Checkpointer(folder, async_save=False)
-    try:
-        raw = ckpt.saved_config(step)
-    finally:
-        ckpt.close()
+    raw = saved_config_dict(folder, step)
     base = base_config()
     raw = _upgrade(raw)
     cfg = ConfigDict(raw)
@@ -99,28 +94,19 @@ def _tuples(cfg: ConfigDict, ref: ConfigDict) -> ConfigDict:
 
 
 def load_trained(checkpoint: str | Path, step: int | None = None, *, overrides: list[str] | None = None,
-                 ema: bool = True, mesh_shape: tuple[int, ...] | None = None) -> Trained:
+                 ema: bool = True) -> Trained:
     """Rebuilds the trained :class:`~jax_instant4d.model.avatar.Instant4D` of a checkpoint.
 
-    ``mesh_shape`` (default ``(-1, 1, 1)``: every device data-parallel) is the mesh the state is
-    restored onto; inference replicates the parameters, so any mesh works."""
-    from jax_instant4d.train.checkpoint import Checkpointer
-    from jax_instant4d.train.sharding import make_mesh
-    from jax_instant4d.train.step import Trainer
+    Only the model's variables are read (:func:`jax_instant4d.restore.restore_model_variables`): no
+    optimiser, discriminator or loss network is built. The arrays are plain single-device ones (inference
+    replicates the parameters wherever it runs)."""
+    from jax_instant4d.model.avatar import Instant4D
 
     folder, step = resolve_checkpoint(checkpoint, step)
     cfg = saved_config(folder, step, overrides)
-    mesh = make_mesh(mesh_shape or (-1, 1, 1))
-    trainer = Trainer(cfg, mesh, log=lambda _: None)
-    ckpt = Checkpointer(folder, keep=int(cfg.train.keep_checkpoints), async_save=False)
-    try:
-        state, _ = ckpt.restore(step, trainer.abstract_state)
-    finally:
-        ckpt.close()
-    use_ema = bool(ema and state.ema is not None)
-    params = state.ema if use_ema else state.params
-    # plain (single-device) arrays: inference replicates nothing and the module may update its statistics
-    params, frozen, rest = jax.tree.map(lambda x: jnp.asarray(jax.device_get(x)), (params, state.frozen, state.rest))
-    model = trainer.mdef.merge(params, frozen, rest, jax.random.key(0))
+    mdef = ModelDef(nnx.eval_shape(lambda: Instant4D(cfg, rngs=nnx.Rngs(cfg.seed))))
+    abstract_params, _, abstract_rest = mdef.abstract()
+    params, rest, used_ema = restore_model_variables(folder, step, abstract_params, abstract_rest, ema=ema)
+    model = mdef.merge(params, {}, rest, jax.random.key(0))
     model.eval()
-    return Trained(cfg, model, step, folder, use_ema)
+    return Trained(cfg, model, step, folder, used_ema)

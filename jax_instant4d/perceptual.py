@@ -1,7 +1,8 @@
-"""Training losses: pixel, region, perceptual (LPIPS-VGG), identity (ArcFace IResNet), adversarial.
+"""The fixed perceptual networks: LPIPS-VGG and the identity network (ArcFace IResNet), shared by the
+training losses (:mod:`jax_instant4d.train.losses`) and the evaluation metrics (:mod:`jax_instant4d.eval`).
 
-The two loss networks are fixed (never trained) and written as pure functions over flat parameter
-dictionaries keyed by the names of their usual PyTorch checkpoints, so a converted file loads as is:
+Both are written as pure functions over flat parameter dictionaries keyed by the names of their usual
+PyTorch checkpoints, so a converted file loads as is:
 
 * LPIPS-VGG: torchvision VGG16 ``features.{i}.weight|bias`` (also accepted as the ``lpips`` package's
   ``net.slice{k}.{i}.weight``) and the linear heads ``lin{0..4}.model.1.weight``.
@@ -12,7 +13,6 @@ Files are ``.safetensors`` or ``.npz`` holding those names with PyTorch layouts 
 [out, in] linear weights); :func:`load_weights` converts them and names any missing or misshapen key.
 Images are NHWC floats in [0, 1].
 """
-
 from __future__ import annotations
 
 import re
@@ -25,62 +25,6 @@ import numpy as np
 from jaxtyping import Array, Float
 
 Params = dict[str, jax.Array]
-
-# --------------------------------------------------------------------------------------------------
-# Pixel losses and metrics
-# --------------------------------------------------------------------------------------------------
-
-
-def resize_to(x: Float[Array, "B H W *C"], size: int) -> Float[Array, "B h w *C"]:
-    """Area-downsamples (or bilinearly resizes) square images/masks to ``size`` x ``size``."""
-    h, w = x.shape[1], x.shape[2]
-    if h == size and w == size:
-        return x
-    if h % size == 0 and w % size == 0 and h // size == w // size:
-        f = h // size
-        y = x.reshape(x.shape[0], size, f, size, f, *x.shape[3:])
-        return y.mean(axis=(2, 4))
-    return jax.image.resize(x, (x.shape[0], size, size, *x.shape[3:]), method="linear", antialias=True)
-
-
-def l1(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"]) -> Float[Array, ""]:
-    return jnp.mean(jnp.abs(pred - target))
-
-
-def masked_l1(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"],
-              mask: Float[Array, "B H W"]) -> Float[Array, ""]:
-    """Mean absolute error over the pixels of ``mask`` (soft masks weight pixels); 0 without any."""
-    m = mask[..., None]
-    return jnp.sum(jnp.abs(pred - target) * m) / jnp.maximum(jnp.sum(m) * pred.shape[-1], 1.0)
-
-
-def psnr(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"]) -> Float[Array, " B"]:
-    """Per-image PSNR in dB for images in [0, 1]."""
-    mse = jnp.mean((jnp.clip(pred, 0.0, 1.0) - target) ** 2, axis=(1, 2, 3))
-    return -10.0 * jnp.log10(mse + 1e-10)
-
-
-def masked_psnr(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"], mask: Float[Array, "B H W"]
-                ) -> tuple[Float[Array, " B"], Float[Array, " B"]]:
-    """Per-image PSNR over the pixels where ``mask`` > 0.5 (weights 0/1), and whether the mask has any
-    pixel (images without one have PSNR 0 and should be left out of averages)."""
-    m = (mask > 0.5).astype(pred.dtype)[..., None]
-    n = jnp.sum(m, axis=(1, 2, 3)) * pred.shape[-1]
-    se = jnp.sum(m * (jnp.clip(pred, 0.0, 1.0) - target) ** 2, axis=(1, 2, 3))
-    has = n > 0
-    value = -10.0 * jnp.log10(se / jnp.maximum(n, 1.0) + 1e-10)
-    return jnp.where(has, value, 0.0), has
-
-
-def generator_adversarial(fake_logits: Float[Array, " B"]) -> Float[Array, ""]:
-    """Non-saturating generator loss."""
-    return jnp.mean(jax.nn.softplus(-fake_logits))
-
-
-def discriminator_adversarial(real_logits: Float[Array, " B"], fake_logits: Float[Array, " B"]) -> Float[Array, ""]:
-    """Logistic discriminator loss (real -> 1, fake -> 0)."""
-    return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
-
 
 # --------------------------------------------------------------------------------------------------
 # Building blocks of the fixed networks (NHWC, HWIO kernels, explicit symmetric padding as PyTorch)
@@ -242,13 +186,6 @@ def identity_embedding(params: Params, x: Float[Array, "B H W 3"]) -> Float[Arra
     h = jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1)  # PyTorch's flatten order (C, H, W)
     e = _bn(params, "features", h @ params["fc.weight"] + params["fc.bias"])
     return e / (jnp.linalg.norm(e, axis=-1, keepdims=True) + 1e-8)
-
-
-def identity_loss(params: Params, pred: Float[Array, "B H W 3"], target: Float[Array, "B H W 3"]) -> Float[Array, ""]:
-    """1 - cosine similarity of the identity embeddings, averaged over the batch."""
-    e = identity_embedding(params, jnp.concatenate([pred, target], axis=0))
-    n = pred.shape[0]
-    return jnp.mean(1.0 - jnp.sum(e[:n] * jax.lax.stop_gradient(e[n:]), axis=-1))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ import rasterizer_ffi
 from jax_instant4d import render
 from jax_instant4d.cli import main
 from jax_instant4d.export import ply
-from jax_instant4d.export import torch_gaussian as tg
 from jax_instant4d.export import torch_model as tm
+from jax_instant4d.model import interop
 
 torch = pytest.importorskip("torch")
 from jax_instant4d.export import torch_render as tr  # noqa: E402  (needs torch)
@@ -171,7 +171,7 @@ def test_export_torch_file(exported, trained):
     assert all(k.startswith("model.") for k in parts["M_state_dict"])
     assert len(parts["E_state_dict"]) + len(parts["M_state_dict"]) == len(sd)
     code_dim = int(trained.cfg.model.motion.code_dim)
-    official = tg.official_shapes(int(trained.cfg.model.feature_dim), code_dim)
+    official = interop.official_gaussian_shapes(int(trained.cfg.model.feature_dim), code_dim)
     assert {k: v.shape for k, v in sd.items() if k.startswith(("decoder.", "motion_decoder."))} == official
     for name in ("backbone.deep_lab_v3.encoder.conv1.weight", "model.model.conv1.weight", "model.pe",
                  "model.final_proj.weight", "model.bbox_proj.0.weight", "model.model.bn1.num_batches_tracked"):

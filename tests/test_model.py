@@ -421,12 +421,14 @@ def test_real_modules_fused_forward_and_gradients():
 def test_torch_mirror_round_trip(fusion):
     torch = pytest.importorskip("torch")
     from jax_instant4d.export import torch_gaussian as tg
+    from jax_instant4d.model import interop
 
     cfg = small_cfg(**{"model.fusion": fusion})
     model = model_for(fusion)
-    sd = tg.flax_to_torch_state_dict(model)
+    sd = interop.gaussian_to_torch_state_dict(model)
     if fusion == "local":  # exactly the authors' names and shapes
-        assert {k: v.shape for k, v in sd.items()} == tg.official_shapes(48, int(cfg.model.motion.code_dim))
+        official = interop.official_gaussian_shapes(48, int(cfg.model.motion.code_dim))
+        assert {k: v.shape for k, v in sd.items()} == official
     mirror = tg.build_torch_modules(cfg, token_dim=int(cfg.model.motion.token_dim))
     assert set(mirror.state_dict()) == set(sd)
     mirror.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=True)
@@ -448,18 +450,18 @@ def test_torch_mirror_round_trip(fusion):
 
     # back: torch -> flax into a differently initialised model gives the same parameters and outputs
     other = make_model(cfg, seed=7)
-    tg.load_torch_state_dict(other, mirror.state_dict())
+    interop.load_gaussian_state_dict(other, mirror.state_dict())
     a = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     b = nnx.to_pure_dict(nnx.state(other, nnx.Param))
     for key in ("decoder", "fusion"):
         for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key]), strict=True):
             np.testing.assert_array_equal(x, y)
-    sd2 = tg.flax_to_torch_state_dict(other)
+    sd2 = interop.gaussian_to_torch_state_dict(other)
     assert sd2.keys() == sd.keys() and all(np.array_equal(sd[k], sd2[k]) for k in sd)
     with pytest.raises(ValueError, match="shape"):
         bad = dict(mirror.state_dict())
         bad["decoder.net.0.bias"] = torch.zeros(5)
-        tg.load_torch_state_dict(other, bad)
+        interop.load_gaussian_state_dict(other, bad)
 
 
 def test_torch_instantiation_matches():

@@ -15,8 +15,11 @@ from flax import nnx
 
 from jax_instant4d.config import apply_overrides, get_config
 from jax_instant4d.export import torch_encoder as te
-from jax_instant4d.model.encoder import TriplaneEncoder, count_params, pixel_shuffle, resize_bilinear
-from jax_instant4d.model.motion import MotionEncoder, face_crop, load_torch_motion_weights, sincos_2d, trainable_filter
+from jax_instant4d.model import interop
+from jax_instant4d.model.encoder import TriplaneEncoder, count_params
+from jax_instant4d.model.interop import load_torch_motion_weights
+from jax_instant4d.model.layers import pixel_shuffle, resize_bilinear
+from jax_instant4d.model.motion import MotionEncoder, face_crop, sincos_2d, trainable_filter
 
 try:
     import torch
@@ -256,8 +259,8 @@ def test_frozen_motion_encoder_keeps_running_statistics(small):
 @pytest.mark.parametrize("cls", [TriplaneEncoder, MotionEncoder])
 def test_numpy_round_trip(cls, small):
     a, b = filled(cls, small.model, seed=0), filled(cls, small.model, seed=1)
-    sd = te.flax_to_torch_state_dict(a)
-    te.torch_state_dict_to_flax(b, sd)
+    sd = interop.flax_to_torch_state_dict(a)
+    interop.torch_state_dict_to_flax(b, sd)
     for (pa, va), (pb, vb) in zip(nnx.to_flat_state(nnx.state(a)), nnx.to_flat_state(nnx.state(b)), strict=True):
         assert pa == pb
         np.testing.assert_array_equal(np.asarray(va[...]), np.asarray(vb[...]), err_msg=str(pa))
@@ -265,7 +268,7 @@ def test_numpy_round_trip(cls, small):
 
 def test_layouts_and_names(small):
     model = filled(TriplaneEncoder, small.model)
-    sd = te.flax_to_torch_state_dict(model, prefix="backbone.")
+    sd = interop.flax_to_torch_state_dict(model, prefix="backbone.")
     k = np.asarray(model.deep_lab_v3.encoder.conv1.kernel[...])
     assert k.shape == (7, 7, 5, 8)
     np.testing.assert_array_equal(sd["backbone.deep_lab_v3.encoder.conv1.weight"], k.transpose(3, 2, 0, 1))
@@ -276,12 +279,12 @@ def test_layouts_and_names(small):
 
 
 def test_shape_mismatch_names_the_parameter(small, full):
-    sd = te.flax_to_torch_state_dict(filled(MotionEncoder, small.model))
+    sd = interop.flax_to_torch_state_dict(filled(MotionEncoder, small.model))
     with pytest.raises(ValueError, match=r"shape mismatch for 'model\.[a-z0-9_.]+'"):
-        te.torch_state_dict_to_flax(abstract(MotionEncoder, full.model), sd)
+        interop.torch_state_dict_to_flax(abstract(MotionEncoder, full.model), sd)
     sd.pop("final_proj.bias")
     with pytest.raises(ValueError, match="final_proj.bias"):
-        te.torch_state_dict_to_flax(filled(MotionEncoder, small.model), sd)
+        interop.torch_state_dict_to_flax(filled(MotionEncoder, small.model), sd)
 
 
 def test_load_motion_weights_safetensors(small, tmp_path):
@@ -289,7 +292,7 @@ def test_load_motion_weights_safetensors(small, tmp_path):
 
     src, dst = filled(MotionEncoder, small.model, seed=0), filled(MotionEncoder, small.model, seed=1)
     path = tmp_path / "motion.safetensors"
-    sd = te.flax_to_torch_state_dict(src)
+    sd = interop.flax_to_torch_state_dict(src)
     sd["out_proj.weight"] = np.zeros((4, 16), np.float32)  # an entry our model does not have
     save_file(sd, str(path))
     with pytest.raises(ValueError, match="out_proj.weight"):
@@ -314,7 +317,7 @@ def _rel_err(got, want):
 def test_encoder_matches_torch_mirror(small, encoder_run):
     model, x, got, _ = encoder_run  # got: [B, 3, P, P, C]
     mirror = te.make_torch_encoder(small.model)
-    mirror.load_state_dict(_to_torch(te.flax_to_torch_state_dict(model)), strict=True)
+    mirror.load_state_dict(_to_torch(interop.flax_to_torch_state_dict(model)), strict=True)
     with torch.no_grad():
         want = mirror(torch.from_numpy(x).permute(0, 3, 1, 2) * 2 - 1).numpy()  # [B, 3, C, P, P], input in [-1, 1]
     want = want.transpose(0, 1, 3, 4, 2)
@@ -326,7 +329,7 @@ def test_encoder_matches_torch_mirror(small, encoder_run):
 def test_motion_matches_torch_mirror(small, motion_run):
     model, x, _, tokens, _ = motion_run
     mirror = te.make_torch_motion_encoder(small.model)
-    mirror.load_state_dict(_to_torch(te.flax_to_torch_state_dict(model)), strict=True)
+    mirror.load_state_dict(_to_torch(interop.flax_to_torch_state_dict(model)), strict=True)
     with torch.no_grad():
         want = mirror(torch.from_numpy(x).permute(0, 3, 1, 2) * 2 - 1).numpy()
     assert want.shape == (2, 32, 16) and np.std(want) > 1e-3
@@ -352,8 +355,8 @@ def test_torch_round_trip(which, small, tmp_path):
         torch.save({"state_dict": {"model." + k: v for k, v in sd.items()}}, path)
         load_torch_motion_weights(model, path)
     else:
-        te.torch_state_dict_to_flax(model, sd)
-    back = te.flax_to_torch_state_dict(model)
+        interop.torch_state_dict_to_flax(model, sd)
+    back = interop.flax_to_torch_state_dict(model)
     assert set(back) == set(sd)
     for name, value in sd.items():
         np.testing.assert_array_equal(back[name], value.numpy(), err_msg=name)

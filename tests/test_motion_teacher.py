@@ -14,7 +14,8 @@ from real_checkpoint import tiny_real_config
 
 from jax_instant4d.config import ConfigError, apply_overrides
 from jax_instant4d.data import motion_teacher, record, synthetic
-from jax_instant4d.model.motion import MotionEncoder, face_crop, file_sha256, load_motion_weights
+from jax_instant4d.model.interop import file_sha256, load_motion_weights
+from jax_instant4d.model.motion import MotionEncoder, face_crop
 from jax_instant4d.train import motion_weights
 
 # The tiny config's motion encoder, pretrained briefly (the tests check plumbing and invariants, not quality).

@@ -3,7 +3,7 @@ preemption by SIGTERM, and a kill -9 in the middle of a run, each checked agains
 reference run on the same data.
 
 The processes run the real loop (``jax_instant4d.train.loop.train``) with the stand-in model and data
-of ``test_train_fakes`` (its ``main``), and share a persistent compilation cache. The last tests use
+of ``tests/fakes.py`` (``tests/train_worker.py``), and share a persistent compilation cache. The last tests use
 the real grain pipeline on a synthetic dataset that the run itself generates.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_train_fakes import FakeInstant4D, tiny_config
+from fakes import FakeInstant4D, tiny_config
 
 from jax_instant4d.train.checkpoint import Checkpointer
 from jax_instant4d.train.loop import restore_state
@@ -28,7 +28,7 @@ from jax_instant4d.train.metrics import read_metrics
 from jax_instant4d.train.sharding import make_mesh
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKER = [sys.executable, str(ROOT / "tests" / "test_train_fakes.py")]
+WORKER = [sys.executable, str(ROOT / "tests" / "train_worker.py")]
 STEPS = 8
 COMMON = [f"--config.train.steps={STEPS}", "--config.train.mesh=(2,2,1)", "--config.train.eval_batches=0",
           "--config.train.checkpoint_every=2", "--config.train.async_checkpoint=true"]

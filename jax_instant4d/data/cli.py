@@ -118,7 +118,7 @@ def _driving(cfg, args) -> int:
 
     from PIL import Image
 
-    from jax_instant4d.data import synthetic
+    from jax_instant4d.data import groundtruth, synthetic
     from jax_instant4d.data.record import EXPRESSION_NAMES
 
     if cfg.data.dataset != "synthetic_heads":
@@ -135,14 +135,14 @@ def _driving(cfg, args) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    frames, expr = synthetic.driving_video(spec, args.identity, args.frames, args.seed, str(cfg.render.backend))
+    frames, expr = groundtruth.driving_video(spec, args.identity, args.frames, args.seed, str(cfg.render.backend))
     for i, f in enumerate(frames):
         Image.fromarray(f).save(out / f"frame_{i:05d}.png")
     (out / "expressions.json").write_text(json.dumps({"identity": args.identity, "seed": args.seed,
                                                       "names": list(EXPRESSION_NAMES),
                                                       "expressions": expr.round(4).tolist()}) + "\n")
     if args.source is not None:
-        src, _ = synthetic.driving_video(spec, args.source, 1, args.seed, str(cfg.render.backend))
+        src, _ = groundtruth.driving_video(spec, args.source, 1, args.seed, str(cfg.render.backend))
         Image.fromarray(src[0]).save(out / "source.png")
     print(f"wrote {len(frames)} frames of identity {args.identity} to {out}"
           + (f" and the neutral portrait of identity {args.source} as {out / 'source.png'}" if args.source is not None

@@ -71,3 +71,16 @@ def render_params(identities: Float[np.ndarray, "N P"], expressions: Float[np.nd
     uniq, which = np.unique(identities, axis=0, return_inverse=True)
     return render_frames(canonicals(uniq, group), which.reshape(-1), expressions, world_to_cam, intrinsics, size,
                          backend)
+
+
+def driving_video(spec: synthetic.SyntheticSpec, identity: int, frames: int, seed: int = 0, backend: str = "auto"
+                  ) -> tuple[np.ndarray, Float[np.ndarray, "F E"]]:
+    """Identity ``identity`` of the dataset performing
+    :func:`~jax_instant4d.data.synthetic.expression_sequence` at a frontal camera: uint8 frames
+    ``[F, R, R, 3]`` at the dataset's resolution, and the expressions."""
+    if not 0 <= identity < spec.num_identities:
+        raise ValueError(f"identity {identity} is not in the dataset (0..{spec.num_identities - 1})")
+    expr = synthetic.expression_sequence(frames, seed)
+    w2c, intr = synthetic.cameras(np.zeros((frames, 2), np.float32), spec)
+    canon = canonicals(synthetic.identity_params(spec, identity)[None])
+    return render_frames(canon, np.zeros(frames, np.int64), expr, w2c, intr, spec.resolution, backend), expr

@@ -334,8 +334,7 @@ def save(encoder: nnx.Module, info: dict, path: str | os.PathLike) -> None:
     info as JSON beside it, each atomically (a temporary file renamed into place)."""
     from safetensors.numpy import save_file
 
-    from jax_instant4d.export.torch_encoder import flax_to_torch_state_dict
-    from jax_instant4d.model.motion import WEIGHTS_FORMAT
+    from jax_instant4d.model.interop import WEIGHTS_FORMAT, flax_to_torch_state_dict
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

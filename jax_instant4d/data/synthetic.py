@@ -281,18 +281,3 @@ def expression_sequence(frames: int, seed: int = 0, hold: int = 8) -> Float[np.n
         w = 0.5 - 0.5 * math.cos(math.pi * r / hold)  # ease in and out
         out[f] = (1.0 - w) * keys[k] + w * keys[k + 1]
     return out
-
-
-def driving_video(spec: SyntheticSpec, identity: int, frames: int, seed: int = 0, backend: str = "auto"
-                  ) -> tuple[np.ndarray, Float[np.ndarray, "F E"]]:
-    """Identity ``identity`` of the dataset performing :func:`expression_sequence` at a frontal camera:
-    uint8 frames ``[F, R, R, 3]`` at the dataset's resolution, and the expressions."""
-    from jax_instant4d.data import groundtruth
-
-    if not 0 <= identity < spec.num_identities:
-        raise ValueError(f"identity {identity} is not in the dataset (0..{spec.num_identities - 1})")
-    expr = expression_sequence(frames, seed)
-    w2c, intr = cameras(np.zeros((frames, 2), np.float32), spec)
-    canon = groundtruth.canonicals(identity_params(spec, identity)[None])
-    return groundtruth.render_frames(canon, np.zeros(frames, np.int64), expr, w2c, intr, spec.resolution,
-                                     backend), expr

@@ -45,7 +45,7 @@ import optax
 from jaxtyping import Array, Float, UInt8
 
 from jax_instant4d.data import groundtruth, heads, record, synthetic
-from jax_instant4d.train import losses
+from jax_instant4d.image_metrics import resize_to
 
 REGRESSOR_VERSION = 2  # bump when the network, its training or its data change
 Params = dict[str, jax.Array]
@@ -192,7 +192,7 @@ def predict(params: Params, images: Float[Array, "B H W 3"], resolution: int, cr
     net = {k: v for k, v in params.items() if not k.startswith("select.")}
     out = []
     for s in range(0, images.shape[0], batch):
-        x = centre_crop(losses.resize_to(jnp.asarray(images[s:s + batch]), int(resolution)), crop)
+        x = centre_crop(resize_to(jnp.asarray(images[s:s + batch]), int(resolution)), crop)
         n = x.shape[0]
         if n < batch and images.shape[0] > batch:  # keep one compiled shape for long runs
             x = jnp.concatenate([x, jnp.zeros((batch - n, *x.shape[1:]), x.dtype)])

@@ -22,27 +22,21 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from jax_instant4d.train import losses
+from jax_instant4d import image_metrics, perceptual
+from jax_instant4d.image_metrics import PSNR_MAX_DB, psnr
+
+__all__ = ["PSNR_MAX_DB", "identity_similarity", "lpips_distance", "masked_psnr", "paired_difference", "psnr", "ssim"]
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-PSNR_MAX_DB = 100.0  # identical images: the MSE is floored at 1e-10
-
-
-def psnr(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"]) -> Float[Array, " B"]:
-    """Per-image PSNR in dB of images in [0, 1] (both clipped to [0, 1]; capped at 100 dB)."""
-    d = jnp.clip(pred, 0.0, 1.0) - jnp.clip(target, 0.0, 1.0)
-    mse = jnp.mean(d * d, axis=(1, 2, 3))
-    return -10.0 * jnp.log10(jnp.maximum(mse, 10.0 ** (-PSNR_MAX_DB / 10.0)))
 
 
 def masked_psnr(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"],
                 mask: Float[Array, "B H W"]) -> Float[Array, " B"]:
-    """Per-image PSNR in dB over the pixels where ``mask`` > 0.5 (training's :func:`losses.masked_psnr`
-    on images clipped to [0, 1]); NaN for an image whose mask has no such pixel (leave it out of
-    averages: ``np.nanmean``)."""
-    value, has = losses.masked_psnr(jnp.clip(pred, 0.0, 1.0), jnp.clip(target, 0.0, 1.0), mask)
+    """Per-image PSNR in dB over the pixels where ``mask`` > 0.5 (:func:`jax_instant4d.image_metrics.masked_psnr`,
+    as in training); NaN for an image whose mask has no such pixel (leave it out of averages: ``np.nanmean``)."""
+    value, has = image_metrics.masked_psnr(pred, target, mask)
     return jnp.where(has, value, jnp.nan)
 
 
@@ -123,16 +117,16 @@ def ssim(x: Float[Array, "B H W C"], y: Float[Array, "B H W C"], *, window: int 
     return jnp.mean(m, axis=(1, 2, 3))
 
 
-def lpips_distance(params: losses.Params, pred: Float[Array, "B H W 3"],
+def lpips_distance(params: perceptual.Params, pred: Float[Array, "B H W 3"],
                    target: Float[Array, "B H W 3"]) -> Float[Array, " B"]:
-    """LPIPS-VGG distance per image (``train.losses.lpips`` with weights from a file)."""
-    return losses.lpips(params, jnp.clip(pred, 0.0, 1.0), jnp.clip(target, 0.0, 1.0))
+    """LPIPS-VGG distance per image (``perceptual.lpips`` with weights from a file)."""
+    return perceptual.lpips(params, jnp.clip(pred, 0.0, 1.0), jnp.clip(target, 0.0, 1.0))
 
 
-def identity_similarity(params: losses.Params, pred: Float[Array, "B H W 3"],
+def identity_similarity(params: perceptual.Params, pred: Float[Array, "B H W 3"],
                         reference: Float[Array, "B H W 3"]) -> Float[Array, " B"]:
-    """Cosine similarity of face-recognition embeddings (``train.losses.identity_embedding``) of each
+    """Cosine similarity of face-recognition embeddings (``perceptual.identity_embedding``) of each
     output and its reference (the source portrait), as the paper's ID column (source vs output)."""
-    e = losses.identity_embedding(params, jnp.concatenate([jnp.clip(pred, 0.0, 1.0), reference], axis=0))
+    e = perceptual.identity_embedding(params, jnp.concatenate([jnp.clip(pred, 0.0, 1.0), reference], axis=0))
     n = pred.shape[0]
     return jnp.sum(e[:n] * e[n:], axis=-1)

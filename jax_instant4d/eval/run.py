@@ -44,10 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_instant4d import render
+from jax_instant4d import perceptual, render
 from jax_instant4d.eval import consistency as cons
 from jax_instant4d.eval import expression as expr_lib
 from jax_instant4d.eval import groundtruth, metrics
+from jax_instant4d.image_metrics import resize_to
 
 METRIC_KEYS = ("psnr", "ssim", "lpips", "identity", "expression_error", "expression_error_teacher", "consistency")
 CONSISTENCY_DEGREES = 15.0
@@ -185,8 +186,6 @@ def _load(checkpoint, step, overrides):
 
 
 def _resize(x: np.ndarray, size: int) -> jax.Array:
-    from jax_instant4d.train.losses import resize_to
-
     return resize_to(jnp.asarray(x, jnp.float32), int(size))
 
 
@@ -265,11 +264,9 @@ def _finite(x: float) -> float | None:
 
 
 def _load_net(path: str, kind: str, depth: int = 50):
-    from jax_instant4d.train import losses
-
     if not Path(path).expanduser().is_file():
         raise FileNotFoundError(f"{kind} weights file not found: {path}")
-    return losses.load_weights(Path(path).expanduser(), kind, depth=depth)
+    return perceptual.load_weights(Path(path).expanduser(), kind, depth=depth)
 
 
 def _timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _errors() -> tuple[type[Exception], ...]:
     from jax_instant4d.export.ply import ImageError, PlyError
     from jax_instant4d.export.torch_model import StateDictMismatch, UnreadableFile
-    from jax_instant4d.train.checkpoint import CheckpointError
+    from jax_instant4d.restore import CheckpointError
 
     # OSError covers missing files, existing outputs and unwritable paths
     return OSError, ImageError, PlyError, StateDictMismatch, UnreadableFile, CheckpointError

@@ -1,237 +1,29 @@
-"""Flax <-> PyTorch for the triplane encoder and the motion encoder.
+"""The PyTorch mirror of the triplane encoder and the motion encoder (optional: needs torch).
 
-Two parts:
-
-* **Mapping (NumPy only)**: :func:`flax_to_torch_state_dict` turns a :class:`TriplaneEncoder` or a
-  :class:`MotionEncoder` into a ``{name: np.ndarray}`` state dict named and laid out like the official
-  PyTorch modules (the authors' ``LP3DBackbone``; X-NeMo's ``MotEncoder_withExtra``), and
-  :func:`torch_state_dict_to_flax` writes such a dict into a module. Layouts: conv kernels HWIO <->
-  OIHW, dense kernels ``[in, out]`` <-> ``[out, in]``, everything else as is; LayerNorm/GroupNorm/
-  BatchNorm ``scale`` <-> ``weight``, BatchNorm ``mean``/``var`` <-> ``running_mean``/``running_var``.
-  The table is ``jax_instant4d/export/MAPPING_encoder.md``; :func:`mapping_table` lists every entry.
-* **Mirror (needs torch)**: :class:`TorchTriplaneEncoder` and :class:`TorchMotionEncoder`, PyTorch
-  modules whose ``state_dict()`` has exactly the official names and shapes and whose forward passes
-  follow the official code (inputs in the official conventions: NCHW images in [-1, 1]). They exist
-  to check the mapping and to run exported weights; build them with :func:`make_torch_encoder` /
-  :func:`make_torch_motion_encoder` from the same ``cfg.model``.
-
-Entries that exist only on the PyTorch side: BatchNorm ``num_batches_tracked`` (written as 0, ignored
-on import) and the motion encoder's positional buffer ``pe`` (written from the sin-cos formula;
-checked for shape on import). diffusers' ``pos_embed.pos_embed`` tables are not persistent and are
-ignored if a file has them.
+:class:`TorchTriplaneEncoder` and :class:`TorchMotionEncoder` are PyTorch modules whose ``state_dict()``
+has exactly the official names and shapes (the authors' ``LP3DBackbone``; X-NeMo's
+``MotEncoder_withExtra``) and whose forward passes follow the official code (inputs in the official
+conventions: NCHW images in [-1, 1]). They exist to check the name mapping and to run exported
+weights; build them with :func:`make_torch_encoder` / :func:`make_torch_motion_encoder` from the same
+``cfg.model``. The mapping itself is NumPy only and lives with the model
+(:mod:`jax_instant4d.model.interop`); nothing in the model imports this module.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable
-from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from ml_collections import ConfigDict
 
-from jax_instant4d.model.encoder import TriplaneEncoder
-from jax_instant4d.model.motion import BBOX_PARAM, MotionEncoder, sincos_1d, sincos_2d
+from jax_instant4d.model.motion import BBOX_PARAM, sincos_1d, sincos_2d
 
-try:  # the mirror needs torch; the mapping does not
+try:  # importable without torch; building a mirror module then raises
     import torch
     import torch.nn.functional as F
     from torch import nn
 except ImportError:  # pragma: no cover - exercised where torch is absent
     torch = None
-
-_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
-_IGNORED_ON_IMPORT = re.compile(r"(^|\.)(num_batches_tracked|pos_embed\.pos_embed)$")
-
-Rule = tuple[str, str | Callable[[re.Match], str]]
-
-
-# --------------------------------------------------------------------------------------------------
-# Names
-# --------------------------------------------------------------------------------------------------
-
-
-def _encoder_rules(module: TriplaneEncoder) -> list[Rule]:
-    nb = len(module.low_feat_encoder.blocks)
-    return [
-        (r"^deep_lab_v3\.encoder\.(layer\d)\.(\d+)\.downsample\.$", r"deep_lab_v3.encoder.\1.\2.downsample.0."),
-        (r"^deep_lab_v3\.decoder\.aspp\.convs\.0\.$", "deep_lab_v3.decoder.aspp.convs.0.0."),
-        (r"^deep_lab_v3\.decoder\.aspp\.convs\.([123])\.$", r"deep_lab_v3.decoder.aspp.convs.\1.net.0."),
-        (r"^deep_lab_v3\.decoder\.aspp\.convs\.4\.$", "deep_lab_v3.decoder.aspp.convs.4.1."),
-        (r"^deep_lab_v3\.decoder\.aspp\.project\.$", "deep_lab_v3.decoder.aspp.project.0."),
-        (r"^deep_lab_v3\.decoder\.project\.$", "deep_lab_v3.decoder.project.0."),
-        (r"^low_feat_encoder\.patch_embed\.", "low_feat_encoder.net.0."),
-        (r"^low_feat_encoder\.blocks\.(\d+)\.", lambda m: f"low_feat_encoder.net.{int(m[1]) + 1}."),
-        (r"^low_feat_encoder\.conv\.$", f"low_feat_encoder.net.{nb + 3}."),
-        (r"^high_feat_encoder\.layers\.(\d+)\.$", lambda m: f"high_feat_encoder.layer{int(m[1]) + 1}."),
-        (r"^feat_decoder\.in_conv\.$", "feat_decoder.in_layer.0."),
-        (r"^feat_decoder\.patch_embed\.", "feat_decoder.in_layer.1."),
-        (r"^feat_decoder\.blocks\.(\d+)\.", lambda m: f"feat_decoder.in_layer.{int(m[1]) + 2}."),
-        (r"\.mlp\.dwconv\.$", ".mlp.dwconv.dwconv."),
-    ]
-
-
-_MOTION_RULES: list[Rule] = [
-    (r"\.downsample_bn\.$", ".downsample.0."),
-    (r"\.downsample_conv\.$", ".downsample.2."),
-    (r"\.to_out\.$", ".to_out.0."),
-    (r"\.ff\.proj\.$", ".ff.net.0.proj."),
-    (r"\.ff\.out\.$", ".ff.net.2."),
-    (r"^bbox_fc1\.$", "bbox_proj.0."),
-    (r"^bbox_fc2\.$", "bbox_proj.3."),
-]
-
-
-def _rules(module: nnx.Module) -> list[Rule]:
-    if isinstance(module, TriplaneEncoder):
-        return _encoder_rules(module)
-    if isinstance(module, MotionEncoder):
-        return _MOTION_RULES
-    raise TypeError(f"no PyTorch mapping for {type(module).__name__} (TriplaneEncoder or MotionEncoder)")
-
-
-def _torch_name(path: tuple, rules: list[Rule]) -> str:
-    stem = "".join(f"{p}." for p in path[:-1])
-    for pattern, repl in rules:
-        stem = re.sub(pattern, repl, stem)
-    return stem + _LEAF[str(path[-1])]
-
-
-def _variables(module: nnx.Module):
-    """(path, variable) of every parameter and BatchNorm statistic, in graph order."""
-    for path, value in nnx.iter_graph(module):
-        if isinstance(value, (nnx.Param, nnx.BatchStat)):
-            yield tuple(path), value
-
-
-def _to_torch_layout(leaf: str, x: np.ndarray) -> tuple[np.ndarray, str]:
-    if leaf == "kernel" and x.ndim == 4:
-        return np.transpose(x, (3, 2, 0, 1)), "HWIO -> OIHW"
-    if leaf == "kernel" and x.ndim == 2:
-        return x.T, "transpose"
-    return x, "none"
-
-
-def _to_flax_layout(leaf: str, x: np.ndarray) -> np.ndarray:
-    if leaf == "kernel" and x.ndim == 4:
-        return np.transpose(x, (2, 3, 1, 0))
-    if leaf == "kernel" and x.ndim == 2:
-        return x.T
-    return x
-
-
-def _extra_torch_entries(module: nnx.Module, names: list[str]) -> dict[str, np.ndarray]:
-    extra = {}
-    for name in names:
-        if name.endswith(".running_var"):
-            extra[name[: -len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
-    if isinstance(module, MotionEncoder):
-        extra["pe"] = module.token_positions()[None]
-    return extra
-
-
-def mapping_table(module: nnx.Module) -> list[tuple[str, str, str]]:
-    """``(flax path "a/b/kernel", torch name "a.b.weight", layout transform)`` for every entry."""
-    rules = _rules(module)
-    rows = []
-    for path, var in _variables(module):
-        _, how = _to_torch_layout(str(path[-1]), np.zeros(var.shape, np.float32))
-        rows.append(("/".join(str(p) for p in path), _torch_name(path, rules), how))
-    return rows
-
-
-def torch_shapes(module: nnx.Module, *, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    """Names and shapes of :func:`flax_to_torch_state_dict` without reading any value (so it works on an
-    abstract module from ``nnx.eval_shape``)."""
-    rules = _rules(module)
-    out: dict[str, tuple[int, ...]] = {}
-    for path, var in _variables(module):
-        shape = tuple(int(d) for d in var.shape)
-        if str(path[-1]) == "kernel" and len(shape) == 4:
-            shape = (shape[3], shape[2], shape[0], shape[1])
-        elif str(path[-1]) == "kernel" and len(shape) == 2:
-            shape = shape[::-1]
-        out[_torch_name(path, rules)] = shape
-    out.update({k: tuple(v.shape) for k, v in _extra_torch_entries(module, list(out)).items()})
-    return {prefix + k: v for k, v in out.items()}
-
-
-def flax_to_torch_state_dict(module: nnx.Module, *, prefix: str = "") -> dict[str, np.ndarray]:
-    """The module's weights as an official-style PyTorch state dict of NumPy arrays (float32, C order).
-
-    ``prefix`` is prepended to every name (e.g. ``"backbone."`` for the authors' full model).
-    """
-    rules = _rules(module)
-    out: dict[str, np.ndarray] = {}
-    for path, var in _variables(module):
-        arr, _ = _to_torch_layout(str(path[-1]), np.asarray(var[...], np.float32))
-        out[_torch_name(path, rules)] = np.ascontiguousarray(arr)
-    out.update(_extra_torch_entries(module, list(out)))
-    return {prefix + k: v for k, v in out.items()}
-
-
-def torch_state_dict_to_flax(module: nnx.Module, state_dict: dict, *, prefix: str = "",
-                             strict: bool = True) -> list[str]:
-    """Writes an official-style PyTorch state dict (NumPy arrays or torch tensors) into ``module``.
-
-    Every parameter and BatchNorm statistic of ``module`` must be present with the right shape
-    (``ValueError`` naming it otherwise). Names that map to nothing (other than ``num_batches_tracked``
-    and diffusers' non-persistent position tables) are an error with ``strict``, else returned.
-    """
-    rules = _rules(module)
-    sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    used = set()
-    updates = []
-    for path, var in _variables(module):
-        name = _torch_name(path, rules)
-        if name not in sd:
-            raise ValueError(f"PyTorch state dict has no {prefix + name!r} (for Flax {'/'.join(map(str, path))})")
-        arr = _to_flax_layout(str(path[-1]), _as_numpy(sd[name]))
-        if tuple(arr.shape) != tuple(var.shape):
-            raise ValueError(f"shape mismatch for {prefix + name!r}: PyTorch {tuple(_as_numpy(sd[name]).shape)} "
-                             f"gives {tuple(arr.shape)}, Flax {'/'.join(map(str, path))} is {tuple(var.shape)}")
-        updates.append((var, arr))
-        used.add(name)
-    if "pe" in sd and isinstance(module, MotionEncoder):
-        used.add("pe")
-        if tuple(_as_numpy(sd["pe"]).shape)[-2:] != module.token_positions().shape:
-            raise ValueError(f"{prefix}pe has shape {tuple(_as_numpy(sd['pe']).shape)}, expected "
-                             f"{(1,) + module.token_positions().shape} (model.motion.code_dim / token_dim)")
-    unexpected = sorted(k for k in sd if k not in used and not _IGNORED_ON_IMPORT.search(k))
-    if strict and unexpected:
-        raise ValueError(f"PyTorch state dict has entries with no Flax counterpart: {unexpected[:10]}"
-                         + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
-    for var, arr in updates:
-        var.set_value(jnp.asarray(arr, jnp.float32))
-    return unexpected
-
-
-def _as_numpy(x) -> np.ndarray:
-    if torch is not None and isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        return (x.float() if x.is_floating_point() else x).numpy()
-    return np.asarray(x)
-
-
-def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """Reads a state dict file: ``.safetensors`` with NumPy, anything else with ``torch.load``."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        return dict(load_file(str(path)))
-    if torch is None:
-        raise ImportError(f"reading {path} needs torch (or convert it to .safetensors)")
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
-    return {k: _as_numpy(v) for k, v in obj.items()}
-
 
 # --------------------------------------------------------------------------------------------------
 # PyTorch mirror (names and forward passes of the official modules)

@@ -1,181 +1,18 @@
-"""PyTorch mirror of the Gaussian decoder Φ and the fusion variants, and weight conversion both ways.
-
-Conversion (NumPy only, no torch needed): :func:`flax_to_torch_state_dict` turns the ``decoder`` and
-``fusion`` parameters of an :class:`~jax_instant4d.model.avatar.Instant4D` into a state dict named like
-the authors' ``InstantGaussianAvatar`` (``decoder.net.0.weight``, ``motion_decoder.transform.mapping.weight``,
-...); :func:`torch_state_dict_to_flax` goes back, :func:`load_torch_state_dict` writes it into a model.
-The table is in ``MAPPING_gaussian.md`` beside this file. Dense kernels are stored ``[in, out]`` in Flax
-and ``[out, in]`` in PyTorch; the stored values are otherwise identical (both apply the equalised
-learning-rate gains at run time).
+"""PyTorch mirror of the Gaussian decoder Φ and the fusion variants (optional: needs torch).
 
 The mirror modules (defined when torch imports) reproduce the authors' forward passes: use
-:func:`build_torch_modules` to get the decoder and the fusion of a config, load the converted state dict
-with ``strict=True``, and compare. ``global`` and ``deform`` have no official counterpart; their
-mirrors follow our Flax modules under the same ``motion_decoder.`` prefix.
+:func:`build_torch_modules` to get the decoder and the fusion of a config, load the state dict of
+:func:`jax_instant4d.model.interop.gaussian_to_torch_state_dict` (NumPy only, the name mapping, with its
+table in ``MAPPING_gaussian.md`` beside this file) with ``strict=True``, and compare. ``global`` and
+``deform`` have no official counterpart; their mirrors follow our Flax modules under the same
+``motion_decoder.`` prefix.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
-import numpy as np
-
-# Flax top-level attribute -> PyTorch prefix in the authors' model.
-PREFIXES = {"decoder": "decoder", "fusion": "motion_decoder"}
-
-
-def _path_parts(path) -> list[str]:
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                k = getattr(k, attr)
-                break
-        parts.append(str(k))
-    return parts
-
-
-def _pure_params(model_or_state: Any) -> Mapping:
-    """A nested dict of parameters from an NNX module, an ``nnx.State`` or a pure dict."""
-    from flax import nnx
-
-    if isinstance(model_or_state, nnx.State):
-        return nnx.to_pure_dict(model_or_state)
-    if isinstance(model_or_state, Mapping):
-        return model_or_state
-    return nnx.to_pure_dict(nnx.state(model_or_state, nnx.Param))
-
-
-def _walk(tree: Mapping, prefix: tuple = ()):
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            yield from _walk(v, prefix + (k,))
-        else:
-            yield prefix + (k,), v
-
-
-def flax_name_to_torch(path) -> tuple[str, bool]:
-    """Flax parameter path -> (PyTorch name, whether the array is transposed on the way)."""
-    parts = _path_parts(path)
-    if parts[0] not in PREFIXES:
-        raise KeyError(f"no PyTorch name for {'/'.join(parts)}: only {tuple(PREFIXES)} are mapped here")
-    out = [PREFIXES[parts[0]]]
-    transpose = False
-    for p in parts[1:]:
-        if p == "layers":  # nnx.Sequential keeps its children in .layers; nn.Sequential numbers them directly
-            continue
-        if p == "kernel":
-            out.append("weight")
-            transpose = True
-        else:
-            out.append(p)
-    return ".".join(out), transpose
-
-
-def flax_to_torch_state_dict(model_or_state: Any) -> dict[str, np.ndarray]:
-    """``decoder`` and ``fusion`` parameters -> ``{torch name: float32 array}`` (the other parts of the
-    model, encoder and motion encoder, have their own mirrors)."""
-    params = _pure_params(model_or_state)
-    out = {}
-    for top in PREFIXES:
-        if top not in params or params[top] is None:
-            continue
-        for path, value in _walk(params[top], (top,)):
-            name, transpose = flax_name_to_torch(path)
-            arr = np.asarray(value, np.float32)
-            out[name] = np.ascontiguousarray(arr.T if transpose else arr)
-    return out
-
-
-def torch_shapes(model_or_state: Any) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of :func:`flax_to_torch_state_dict` without reading values (abstract models too)."""
-    params = _pure_params(model_or_state)
-    out = {}
-    for top in PREFIXES:
-        if top not in params or params[top] is None:
-            continue
-        for path, value in _walk(params[top], (top,)):
-            name, transpose = flax_name_to_torch(path)
-            shape = tuple(int(d) for d in value.shape)
-            out[name] = shape[::-1] if transpose else shape
-    return out
-
-
-def torch_state_dict_to_flax(state_dict: Mapping[str, Any]) -> dict:
-    """``{torch name: tensor or array}`` -> nested pure dict ``{"decoder": ..., "fusion": ...}`` of NumPy
-    arrays (keys of other modules are ignored). Numbered ``net.i`` become ``net/layers/i``."""
-    inverse = {v: k for k, v in PREFIXES.items()}
-    out: dict = {}
-    for name, value in state_dict.items():
-        parts = name.split(".")
-        if parts[0] not in inverse:
-            continue
-        arr = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-        arr = np.asarray(arr, np.float32)
-        keys: list[Any] = [inverse[parts[0]]]
-        for i, p in enumerate(parts[1:-1], start=1):
-            if p.isdigit():
-                keys += ["layers", int(p)] if parts[i - 1] == "net" else [int(p)]
-            else:
-                keys.append(p)
-        leaf = parts[-1]
-        if leaf == "weight":
-            keys.append("kernel")
-            arr = arr.T
-        else:
-            keys.append(leaf)
-        node = out
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = np.ascontiguousarray(arr)
-    return out
-
-
-def load_torch_state_dict(model, state_dict: Mapping[str, Any]) -> None:
-    """Writes the decoder/fusion weights of a PyTorch state dict into an ``Instant4D`` (shapes checked)."""
-    import jax.numpy as jnp
-    from flax import nnx
-
-    pure = torch_state_dict_to_flax(state_dict)
-    state = nnx.state(model, nnx.Param)
-    current = nnx.to_pure_dict(state)
-    for path, value in _walk(pure):
-        node = current
-        for k in path[:-1]:
-            if k not in node:
-                raise KeyError(f"parameter {'/'.join(map(str, path))} does not exist in the model")
-            node = node[k]
-        if path[-1] not in node:
-            raise KeyError(f"parameter {'/'.join(map(str, path))} does not exist in the model")
-        if tuple(node[path[-1]].shape) != value.shape:
-            raise ValueError(f"parameter {'/'.join(map(str, path))}: shape {value.shape} does not match the "
-                             f"model's {tuple(node[path[-1]].shape)}")
-        node[path[-1]] = jnp.asarray(value)
-    nnx.replace_by_pure_dict(state, current)
-    nnx.update(model, state)
-
-
-def official_shapes(feature_dim: int = 48, motion_dim: int = 512) -> dict[str, tuple[int, ...]]:
-    """The authors' decoder and motion-decoder parameter shapes (``InstantGaussianAvatar``, feat_dim 96)."""
-    f, h = feature_dim, 2 * feature_dim
-    return {
-        "decoder.net.0.weight": (h, f),
-        "decoder.net.0.bias": (h,),
-        "decoder.net.2.weight": (22, h),
-        "decoder.net.2.bias": (22,),
-        "motion_decoder.transform.mapping.weight": (2 * f, 2 * motion_dim),
-        "motion_decoder.transform.proj.weight": (f, f),
-        "motion_decoder.transform.proj.bias": (f,),
-        "motion_decoder.net.0.weight": (h, f),
-        "motion_decoder.net.0.bias": (h,),
-        "motion_decoder.net.2.weight": (f, h),
-        "motion_decoder.net.2.bias": (f,),
-    }
-
-
-try:  # the mirror needs torch; the conversion above does not
+try:  # importable without torch; building a mirror module then raises
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -292,7 +129,8 @@ if torch is not None:
 
     def build_torch_modules(cfg, token_dim: int | None = None) -> nn.ModuleDict:
         """``{"decoder": ..., "motion_decoder": ...}`` (no motion decoder for ``fusion = none``) for a config;
-        its ``state_dict()`` keys equal those of :func:`flax_to_torch_state_dict`."""
+        its ``state_dict()`` keys equal those of
+        :func:`jax_instant4d.model.interop.gaussian_to_torch_state_dict`."""
         mc = cfg.model
         f, code = int(mc.feature_dim), int(mc.motion.code_dim)
         mods = {"decoder": GaussianDecoder(f)}

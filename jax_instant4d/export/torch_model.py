@@ -39,6 +39,7 @@ from ml_collections import ConfigDict
 
 from jax_instant4d.export import torch_encoder as te
 from jax_instant4d.export import torch_gaussian as tg
+from jax_instant4d.model import interop
 
 if TYPE_CHECKING:
     from jax_instant4d.model.avatar import Instant4D
@@ -69,17 +70,17 @@ class UnreadableFile(ValueError):
 def export_state_dict(model: Instant4D) -> dict[str, np.ndarray]:
     """Every weight of an ``Instant4D`` named like the authors' PyTorch modules (float32, C order;
     ``num_batches_tracked`` int64): ``backbone.*``, ``decoder.*``, ``motion_decoder.*``, ``model.*``."""
-    out = te.flax_to_torch_state_dict(model.encoder, prefix=ENCODER_PREFIX)
-    out.update(tg.flax_to_torch_state_dict(model))
-    out.update(te.flax_to_torch_state_dict(model.motion_encoder, prefix=MOTION_PREFIX))
+    out = interop.flax_to_torch_state_dict(model.encoder, prefix=ENCODER_PREFIX)
+    out.update(interop.gaussian_to_torch_state_dict(model))
+    out.update(interop.flax_to_torch_state_dict(model.motion_encoder, prefix=MOTION_PREFIX))
     return out
 
 
 def expected_shapes(model: Instant4D) -> dict[str, tuple[int, ...]]:
     """Names and shapes of :func:`export_state_dict` without reading values (``nnx.eval_shape`` models too)."""
-    out = te.torch_shapes(model.encoder, prefix=ENCODER_PREFIX)
-    out.update(tg.torch_shapes(model))
-    out.update(te.torch_shapes(model.motion_encoder, prefix=MOTION_PREFIX))
+    out = interop.torch_shapes(model.encoder, prefix=ENCODER_PREFIX)
+    out.update(interop.gaussian_torch_shapes(model))
+    out.update(interop.torch_shapes(model.motion_encoder, prefix=MOTION_PREFIX))
     return out
 
 
@@ -119,9 +120,9 @@ def load_state_dict(model: Instant4D, state_dict: Mapping[str, Any], where: str 
     """Writes a whole-model state dict (names of :func:`export_state_dict`) into ``model`` in place.
     Nothing is written unless every name and shape matches."""
     check_state_dict(expected_shapes(model), state_dict, where)
-    te.torch_state_dict_to_flax(model.encoder, state_dict, prefix=ENCODER_PREFIX, strict=False)
-    te.torch_state_dict_to_flax(model.motion_encoder, state_dict, prefix=MOTION_PREFIX, strict=False)
-    tg.load_torch_state_dict(model, {k: v for k, v in state_dict.items()
+    interop.torch_state_dict_to_flax(model.encoder, state_dict, prefix=ENCODER_PREFIX, strict=False)
+    interop.torch_state_dict_to_flax(model.motion_encoder, state_dict, prefix=MOTION_PREFIX, strict=False)
+    interop.load_gaussian_state_dict(model, {k: v for k, v in state_dict.items()
                                      if k.startswith(("decoder.", "motion_decoder."))})
 
 
@@ -196,13 +197,6 @@ def export_model(model: Instant4D, cfg: ConfigDict, path: str | Path) -> Path:
     return save_file(export_state_dict(model), path, config_metadata(cfg))
 
 
-def _as_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-        return (x.float() if x.is_floating_point() else x).numpy()
-    return np.asarray(x)
-
-
 def read_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """``(state dict, metadata)`` of a ``.safetensors`` file (NumPy) or a ``.pt``/``.pth``/``.bin`` file
     (torch; flat, ``{"state_dict": ...}`` or the authors' ``{"E_state_dict", "M_state_dict"}``)."""
@@ -232,7 +226,7 @@ def read_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
         raise UnreadableFile(f"{path} does not hold a state dict of tensors (got {type(obj).__name__})")
-    return {k: _as_numpy(v) for k, v in obj.items()}, {}
+    return {k: interop.as_numpy(v) for k, v in obj.items()}, {}
 
 
 def import_checkpoint(path: str | Path, cfg: ConfigDict | None, workdir: str | Path, *, overwrite: bool = False,

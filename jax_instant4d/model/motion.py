@@ -20,7 +20,8 @@ self-attention module is AnimateDiff's ``TemporalTransformer3DModel`` used on on
 with 8 heads of 128, no q/k/v bias; GEGLU feed-forward x4) -> linear back to p x p x C -> residual.
 The output projection is zero-initialised, as the authors'.
 
-Pretrained weights (``model.motion.weights``, the paper's setting): :func:`load_motion_weights` reads a
+Pretrained weights (``model.motion.weights``, the paper's setting):
+:func:`jax_instant4d.model.interop.load_motion_weights` reads a
 state dict in X-NeMo's PyTorch layout (safetensors, or ``.pt``/``.pth`` through torch when installed)
 strictly into this module and returns the file's SHA-256; names and layouts are listed in
 ``jax_instant4d/export/MAPPING_encoder.md``. X-NeMo's own file and the synthetic teacher's encoder
@@ -36,10 +37,6 @@ crop is the only one used.
 
 from __future__ import annotations
 
-import hashlib
-import warnings
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +44,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 from ml_collections import ConfigDict
 
-from jax_instant4d.model.encoder import MODEL_AXIS, Conv2d, Dense, LayerNorm, gelu, max_pool, resize_bilinear
+from jax_instant4d.model.layers import MODEL_AXIS, Conv2d, Dense, LayerNorm, gelu, max_pool, resize_bilinear
 
 # The authors' fixed crop of a 256^2 FFHQ-aligned frame: rows 35:223, columns 32:220.
 CROP_BOX_256 = (35, 223, 32, 220)  # top, bottom, left, right
@@ -346,57 +343,3 @@ def face_crop(image: Float[Array, "B R R 3"], size: int) -> Float[Array, "B S S 
     translation = jnp.asarray([-top * h * sy, -left * w * sx], jnp.float32)
     return jax.image.scale_and_translate(image.astype(jnp.float32), (b, size, size, c), (1, 2), scale, translation,
                                          method="linear", antialias=True)
-
-
-WEIGHTS_FORMAT = "jax_instant4d.motion_encoder"  # safetensors metadata "format" of the files we write
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (what checkpoints and eval results record of a weights file)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def load_torch_motion_weights(model: MotionEncoder, path: str | Path, *, strict: bool = False) -> None:
-    """Loads X-NeMo's PyTorch motion-encoder weights (``MotEncoder_withExtra`` state dict) into ``model``.
-
-    ``path``: a ``.safetensors`` file (read with NumPy) or a ``.pt``/``.pth``/``.bin`` file (read with
-    torch, which must then be installed). A nested ``{"state_dict": ...}`` and the ``model.`` prefix of
-    X-NeMo's wrapper ``MotEncoder`` are accepted. Every parameter must be present with the shape of the
-    configured model (the pretrained weights need the full-size ``model.motion`` settings), else
-    ``ValueError`` names the file and the tensor; entries with no counterpart are an error with
-    ``strict``, else a warning.
-    """
-    from jax_instant4d.export.torch_encoder import read_state_dict, torch_state_dict_to_flax
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"motion encoder weights not found: {path} (model.motion.weights)")
-    try:
-        state = read_state_dict(path)
-    except Exception as e:  # an unreadable or non-state-dict file: name it
-        raise ValueError(f"motion encoder weights {path} (model.motion.weights) cannot be read: {e}") from e
-    if "final_proj.weight" not in state and "model.final_proj.weight" in state:
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    try:
-        ignored = torch_state_dict_to_flax(model, state, strict=strict)
-    except ValueError as e:
-        raise ValueError(f"motion encoder weights {path} (model.motion.weights): {e}") from e
-    if ignored:
-        warnings.warn(f"{path}: ignored {len(ignored)} entries with no counterpart: {ignored[:5]}", stacklevel=2)
-
-
-def load_motion_weights(model: MotionEncoder, path: str | Path) -> str:
-    """Loads ``model.motion.weights`` into ``model`` strictly and returns the file's SHA-256.
-
-    One format serves both sources: a state dict in X-NeMo's PyTorch layout (``MotEncoder_withExtra``
-    names; ``.safetensors``, or ``.pt``/``.pth`` through torch). The synthetic teacher's encoder
-    (:mod:`jax_instant4d.data.motion_teacher`) is written in that layout too, so X-NeMo's own class
-    loads it. A missing file, a missing or unexpected tensor, or a wrong shape is an error naming the
-    file and the tensor.
-    """
-    load_torch_motion_weights(model, path, strict=True)
-    return file_sha256(path)

@@ -17,7 +17,6 @@ arrays do not have this model's names and shapes raises :class:`CheckpointError`
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,17 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jax_instant4d.config import ConfigDict
+from jax_instant4d.restore import (
+    CheckpointDamaged,
+    CheckpointError,
+    _file_in,
+    _first_line,
+    _leaf_shapes,
+    saved_config_dict,
+)
 from jax_instant4d.train.state import TrainState
+
+__all__ = ["BEST_METRIC", "CheckpointDamaged", "CheckpointError", "Checkpointer"]
 
 BEST_METRIC = "eval_psnr"
 # Arrays whose per-replica slice is smaller than this are written by one replica instead of being
@@ -44,56 +53,6 @@ def _register_array_handler() -> None:
         handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES)
         ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
         _handler_registered = True
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that does not match the model being trained (or cannot be used for this run)."""
-
-
-class CheckpointDamaged(CheckpointError):
-    """A checkpoint whose files cannot be read: ``step`` and ``file`` (relative to the step folder)."""
-
-    def __init__(self, directory: Any, step: int, file: str, reason: str):
-        self.step, self.file, self.reason = int(step), file, reason
-        super().__init__(f"checkpoint step {step} in {directory} is damaged: {file}: {reason}")
-
-
-def _key_name(entry: Any) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
-def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """``{"params/encoder/kernel": shape}`` of every array-like leaf (metadata or ShapeDtypeStruct)."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        shape = getattr(leaf, "shape", None)
-        if shape is not None:
-            out["/".join(_key_name(k) for k in path)] = tuple(int(d) for d in shape)
-    return out
-
-
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-    text = re.sub(r"\s*\[tensorstore_spec=.*$", "", text)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _file_in(message: str, step_dir: Path) -> str | None:
-    """The file (relative to ``step_dir``) and array an orbax / tensorstore error message is about."""
-    key = re.search(r'"([^"]+)" in OCDBT database', message)
-    quoted = [q.rstrip("\\") for q in re.findall(r'"([^"]+)"', message)]
-    inside = [q for q in quoted if q.startswith(str(step_dir) + "/")]
-    inside = [str(Path(q).relative_to(step_dir)) for q in inside]
-    local = max((q for q in inside if Path(q).name), key=len, default=None)
-    array = key.group(1).split("/")[0] if key else None
-    if local and array and local.rstrip("/") != "state":
-        return f"{local} (array {array})"
-    if array:
-        return f"state/ (array {array})"
-    return local
 
 
 def _to_saveable(state: TrainState) -> dict[str, Any]:
@@ -206,7 +165,7 @@ class Checkpointer:
         self.manager.reload()
 
     def saved_config(self, step: int) -> dict[str, Any]:
-        return dict(self.manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+        return saved_config_dict(self.directory, step)
 
     def _has_data_for_this_process(self, step: int) -> bool:
         name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"

@@ -4,7 +4,7 @@ and putting its values into a freshly initialised train state.
 ``model.motion.weights`` is ``""`` (the motion encoder trains from scratch with the avatar), ``"teacher"``
 (the synthetic teacher's encoder, :mod:`jax_instant4d.data.motion_teacher`, pretrained and cached on
 first use) or a file (X-NeMo's state dict, or one of ours: see
-:func:`jax_instant4d.model.motion.load_motion_weights`). ``model.motion.freeze`` keeps the loaded
+:func:`jax_instant4d.model.interop.load_motion_weights`). ``model.motion.freeze`` keeps the loaded
 weights fixed (the paper's setting); freezing without weights is an error, since it would freeze a
 random encoder. The file's SHA-256 goes into ``model.motion.weights_sha256`` of the run's saved config
 (``config.json`` and every checkpoint), so evaluations say which weights a model was trained with; a
@@ -54,7 +54,7 @@ def prepare(cfg: ConfigDict, process_index: int = 0, process_count: int = 1) -> 
     the other processes wait for the file) and returns ``cfg`` with ``model.motion.weights_sha256`` set.
     A config that already names a hash must match the file."""
     from jax_instant4d.data import motion_teacher
-    from jax_instant4d.model.motion import file_sha256
+    from jax_instant4d.model.interop import file_sha256
 
     path = weights_path(cfg)
     if path is None:
@@ -100,7 +100,8 @@ def _wait_for(path: Path, process_index: int, timeout: float) -> None:
 def loaded_variables(cfg: ConfigDict) -> tuple[dict[str, np.ndarray], str] | None:
     """The weights file's values as ``{"a/b/c": array}`` paths of the motion encoder's parameters and
     statistics (as in the train state's pure dicts under ``motion_encoder``), and its SHA-256."""
-    from jax_instant4d.model.motion import MotionEncoder, load_motion_weights
+    from jax_instant4d.model.interop import load_motion_weights
+    from jax_instant4d.model.motion import MotionEncoder
 
     path = weights_path(cfg)
     if path is None:

@@ -26,6 +26,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import PyTree
 
+from jax_instant4d.model.split import path_str
+
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 
@@ -57,18 +59,6 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[jax.Device] |
     shape = resolve_mesh_shape(shape, len(devices))
     kwargs = {} if devices == list(jax.devices()) else {"devices": devices}
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), **kwargs)
-
-
-def path_str(path: Sequence[Any]) -> str:
-    """``(DictKey('encoder'), DictKey('conv'), ...)`` or ``('encoder', 'conv')`` -> ``"encoder/conv"``."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                k = getattr(k, attr)
-                break
-        parts.append(str(k))
-    return "/".join(parts)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

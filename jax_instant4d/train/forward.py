@@ -1,0 +1,145 @@
+"""The forward pass of a training step and its losses, as plain functions of (model, batch).
+
+Each example is a self-reenactment pair: the avatar encoded from the source is rendered (i) with its
+own motion code at the source camera, reconstructing the source, and (ii) with the motion code of
+each of the K driving frames at that target's camera, compared with the teacher's frame. All targets
+of one time step share one driving code (their codes are averaged), so views differ only by camera.
+Used by the step (:mod:`jax_instant4d.train.step`) and the held-out evaluation
+(:mod:`jax_instant4d.train.evaluate`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+from jaxtyping import Array, Float, Int, PyTree
+
+from jax_instant4d import render
+from jax_instant4d.model.avatar import Avatar, Motion
+from jax_instant4d.train import losses as L
+
+Batch = dict[str, jax.Array]
+
+
+def share_over_views(z: PyTree, time: Int[Array, "B K"]) -> PyTree:
+    """Averages the motion (every leaf ``[B, K, ...]``) of the targets that show the same time step:
+    all views of one teacher frame are driven by one motion."""
+    same = (time[:, :, None] == time[:, None, :]).astype(jnp.float32)
+    same = same / jnp.sum(same, axis=-1, keepdims=True)
+
+    def one(x):
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        return jnp.einsum("bkj,bjd->bkd", same.astype(x.dtype), flat).reshape(x.shape)
+
+    return jax.tree.map(one, z)
+
+
+def _stack(first: PyTree, rest: PyTree) -> PyTree:
+    """Leaves [B, ...] and [B, K, ...] -> [B, 1 + K, ...]."""
+    return jax.tree.map(lambda a, b: jnp.concatenate([a[:, None], b], axis=1), first, rest)
+
+
+def resize_square(x: Float[Array, "B H H *C"], size: int) -> Float[Array, "B S S *C"]:
+    """Square images or masks to ``size``: area-downsampled, or bilinearly upsampled."""
+    if x.shape[1] == size:
+        return x
+    if x.shape[1] > size:
+        return L.resize_to(x, size)
+    return jax.image.resize(x, (x.shape[0], size, size, *x.shape[3:]), method="linear")
+
+
+def resolution_at(step: int, schedule, full: int) -> int:
+    """Render resolution at ``step`` under ``train.resolution_schedule`` ((from_step, res), ...)."""
+    res = full
+    for start, r in sorted((int(s), int(r)) for s, r in schedule) if schedule else ():
+        if step >= start:
+            res = r
+    return res
+
+
+class Rendered(NamedTuple):
+    rgb: Float[Array, "B M h w 3"]
+    target: Float[Array, "B M h w 3"]
+    z_src: Motion  # motion of the source, leaves [B, ...]
+    z_drv: Motion  # motion of the driving frames, leaves [B, K, ...]
+    delta_f: Array
+    overflow: Int[Array, ""]
+
+
+def render_views(model: nnx.Module, avatar: Avatar, z: Motion, w2c: Float[Array, "B M 4 4"],
+                 intr: Float[Array, "B M 4"], res: int, mesh: Mesh | None
+                 ) -> tuple[Float[Array, "B M r r 3"], dict[str, Any]]:
+    """Animates each example's avatar with M motions (leaves [B, M, ...]) at M cameras ([B, M, 4, 4],
+    [B, M, 4]); returns rgb [B, M, res, res, 3] and the model's aux outputs. ``mesh``: split the
+    rendering over its batch axes (``None`` or one device: no split)."""
+    mesh = mesh if mesh is not None and mesh.size > 1 else None
+    rgb, _alpha, _depth, aux = model.animate(avatar, z, render.Camera(w2c, intr), res, res, mesh=mesh)
+    return rgb, aux
+
+def encode_batch(model: nnx.Module, batch: Batch, image_size: int) -> tuple[Avatar, Motion, Motion]:
+    """The avatars of the batch's sources (at the model's ``image_size``), their own motion and the
+    driving frames' motion (leaves [B, K, ...], shared over the views of one time step)."""
+    size = int(image_size)
+    src = resize_square(batch["source"], size)
+    b, k = batch["driving"].shape[:2]
+    drv = resize_square(batch["driving"].reshape(b * k, *batch["driving"].shape[2:]), size)
+    avatar = model.encode(src)
+    z_src = avatar.z_src
+    z_drv = jax.tree.map(lambda x: x.reshape(b, k, *x.shape[1:]), model.motion(drv))
+    return avatar, z_src, share_over_views(z_drv, batch["time"])
+
+def forward(model: nnx.Module, batch: Batch, res: int, image_size: int, mesh: Mesh | None) -> Rendered:
+    """Renders each example at its source camera with its own motion and at its K target cameras with
+    the driving motions, at ``res``; the targets resized to ``res``; the model's δf and overflow (a
+    model whose ``animate`` gives no ``delta`` or ``overflow`` is an error)."""
+    avatar, z_src, z_drv = encode_batch(model, batch, image_size)
+    data_res = batch["source"].shape[1]
+    z = _stack(z_src, z_drv)
+    w2c = jnp.concatenate([batch["source_w2c"][:, None], batch["target_w2c"]], axis=1)
+    intr = render.scale_intrinsics(
+        jnp.concatenate([batch["source_intrinsics"][:, None], batch["target_intrinsics"]], axis=1),
+        data_res, res)
+    rgb, aux = render_views(model, avatar, z, w2c, intr, res, mesh)
+    b, m = w2c.shape[:2]
+    target = jnp.concatenate([batch["source"][:, None], batch["target"]], axis=1)
+    target = resize_square(target.reshape(b * m, *target.shape[2:]), res).reshape(rgb.shape)
+    missing = [k for k in ("delta", "overflow") if k not in aux]
+    if missing:
+        raise ValueError(f"{type(model).__name__}.animate returned no {' or '.join(map(repr, missing))} in its aux "
+                         f"outputs (has {sorted(aux)}): the δf penalty and the overflow count need them")
+    delta_f = aux["delta"]
+    overflow = jnp.sum(aux["overflow"]).astype(jnp.int32)
+    return Rendered(rgb, target, z_src, z_drv, delta_f, overflow)
+
+def loss_terms(out: Rendered, batch: Batch, nets: dict[str, L.Params]) -> dict[str, jax.Array]:
+    """Every loss term but the adversarial one (a term whose network is missing is 0)."""
+    b, m, res = out.rgb.shape[0], out.rgb.shape[1], out.rgb.shape[2]
+    pred = out.rgb.reshape(b * m, res, res, -1)
+    tgt = out.target.reshape(pred.shape)
+    k = m - 1
+    masks = jnp.clip(batch["target_eyes"] + batch["target_mouth"], 0.0, 1.0)
+    masks = resize_square(masks.reshape(b * k, *masks.shape[2:]), res)
+    zero = jnp.zeros((), jnp.float32)
+    return {
+        "l1": L.l1(pred, tgt),
+        "lpips": jnp.mean(L.lpips(nets["lpips"], pred, tgt)) if "lpips" in nets else zero,
+        "identity": L.identity_loss(nets["identity"], pred, tgt) if "identity" in nets else zero,
+        "region": L.masked_l1(out.rgb[:, 1:].reshape(b * k, res, res, -1),
+                              out.target[:, 1:].reshape(b * k, res, res, -1), masks),
+        "delta_f": jnp.mean(jnp.square(out.delta_f)),
+    }
+
+def disc_inputs(out: Rendered) -> tuple[Float[Array, "N r r 3"], Float[Array, "N r r 3"], Float[Array, "N Z2"]]:
+    """The discriminator's fake and real images (the K targets) and its condition [z_src, z_drv]."""
+    b, m, res = out.rgb.shape[:3]
+    k = m - 1
+    c_src, c_drv = out.z_src.code.reshape(b, 1, -1), out.z_drv.code.reshape(b, k, -1)
+    cond = jnp.concatenate([jnp.broadcast_to(c_src, c_drv.shape), c_drv], axis=-1)
+    cond = jax.lax.stop_gradient(cond.reshape(b * k, -1))
+    fake = out.rgb[:, 1:].reshape(b * k, res, res, -1)
+    real = out.target[:, 1:].reshape(b * k, res, res, -1)
+    return fake, real, cond
