@@ -375,6 +375,21 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_exported_files_get_the_umask_mode(tmp_path):
+    """Not mkstemp's 0600: others can read an exported file as they can any file the user writes."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        tm.save_file({"w": np.zeros((2, 3), np.float32)}, tmp_path / "a.safetensors")
+        os.umask(0o077)
+        tm.save_file({"w": np.zeros((2, 3), np.float32)}, tmp_path / "b.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.safetensors").stat().st_mode & 0o777 == 0o600
+
+
 # --------------------------------------------------------------------------------------------------
 # import-torch: back into a checkpoint
 # --------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Numbers: Jiang et al., "Instant Expressive Gaussian Head Avatar via 3D-Aware Exp
 arXiv:2512.16893v1 (18 Dec 2025), Table 1, page 7: "Quantitative comparison with other 2D or 3D-aware
 facial animation baselines on the task of self-reenactment and cross-reenactment" (VOODOO-XP test set,
 102 videos, every fifth frame; FPS "on an NVIDIA 6000 Ada GPU", rendering at 512x512). Transcribed from a stored
-full-text copy of the paper (read through this workplace's library); nothing here is estimated.
+full-text copy of the paper; nothing here is estimated.
 Protocol facts (SSIM with an 11x11 Gaussian window, sigma 1.5, zero padding; ID as the cosine
 similarity of MagFace embeddings of the source and the output; AED/APD from SMIRK) are from the
 authors' ``metrics_cal.py`` and ``eval.py`` (RaymondJiangkw/InstantGaussianAvatar, commit c21b45e).

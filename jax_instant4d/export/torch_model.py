@@ -167,13 +167,21 @@ def config_from_metadata(metadata: Mapping[str, str] | None, where: str = "file"
     return base
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp_path)`` then rename onto ``path``: never a half-written file at ``path``."""
+    """``write(tmp_path)`` then rename onto ``path``: never a half-written file at ``path``. The file gets
+    the mode a plain ``open(path, "w")`` would give (0666 less the umask; ``mkstemp`` alone gives 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
