@@ -53,6 +53,7 @@ def worker(args: argparse.Namespace, overrides: list[str]) -> dict:
 
     from jax_instant4d import render
     from jax_instant4d.config import get_config
+    from jax_instant4d.train.forward import encode_batch
     from jax_instant4d.train.loop import default_data_factory
     from jax_instant4d.train.sharding import make_mesh, to_global
     from jax_instant4d.train.step import Trainer, resolution_at
@@ -106,7 +107,7 @@ def worker(args: argparse.Namespace, overrides: list[str]) -> dict:
     @jax.jit
     def gaussians(params, frozen, rest, b):
         model = trainer.mdef.merge(params, frozen, rest, jax.random.key(0))
-        avatar, _, z_drv = trainer._encode(model, b)  # noqa: SLF001
+        avatar, _, z_drv = encode_batch(model, b, cfg.model.image_size)
         camera = render.Camera(cams.world_to_cam.reshape(b_, k_, 4, 4), cams.intrinsics.reshape(b_, k_, 4))
         _, _, _, aux = model.animate(avatar, z_drv, camera, res, res, mesh=None)
         return jax.tree.map(lambda x: x.reshape(b_ * k_, *x.shape[2:]), aux["gaussians"])
