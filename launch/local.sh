@@ -47,26 +47,12 @@ mkdir -p "$LOG_DIR" || exit 1
 SETSID=()
 command -v setsid > /dev/null && SETSID=(setsid)
 
-say() { echo "launch/local.sh: $*" >&2; }
-
-declare -a PIDS=()   # index = process id; emptied when that process has been reaped
-signals=0
-on_signal() {
-  signals=$((signals + 1))
-  if [[ $signals -eq 1 ]]; then
-    say "stopping: SIGTERM to the live processes (they checkpoint and exit; again to kill them)"
-    signal_live TERM
-  else
-    signal_live KILL
-  fi
-}
-signal_live() {  # $1: signal
-  local pid
-  for pid in "${PIDS[@]}"; do
-    [[ -n "$pid" ]] && kill -s "$1" "$pid" 2>/dev/null
-  done
-}
-trap on_signal INT TERM
+# shellcheck source=launch/supervise.sh
+source "$(dirname "${BASH_SOURCE[0]}")/supervise.sh" || exit 1
+SUP_NAME=launch/local.sh
+SUP_GRACE=$GRACE
+sup_deliver() { kill -s "$2" "${SUP_PIDS[$1]}" 2>/dev/null; }
+sup_trap_signals
 
 for ((i = 0; i < N; i++)); do
   log="$LOG_DIR/process_$i.log"
@@ -80,40 +66,11 @@ for ((i = 0; i < N; i++)); do
       ${SETSID[@]+"${SETSID[@]}"} $ENTRY "$@" --coordinator_address "127.0.0.1:$PORT" --num_processes "$N" --process_id "$i" \
       > "$log" 2>&1 &
   fi
-  PIDS[i]=$!
+  sup_add "$i" $!
 done
-say "$N processes (${DEVICES_PER_PROCESS} device(s) each), coordinator 127.0.0.1:$PORT, logs in $LOG_DIR"
+sup_say "$N processes (${DEVICES_PER_PROCESS} device(s) each), coordinator 127.0.0.1:$PORT, logs in $LOG_DIR"
 
-# Poll instead of `wait -n`: a child that bash has already reaped makes `wait -n PID...` fail at once,
-# and looping on that spins forever. `kill -0` tells whether a process is still there; `wait PID`
-# then returns its saved exit status, also when it was reaped long ago.
-status=0
-live=$N
-deadline=""
-while [[ $live -gt 0 ]]; do
-  for ((i = 0; i < N; i++)); do
-    pid=${PIDS[i]}
-    [[ -z "$pid" ]] && continue
-    kill -0 "$pid" 2>/dev/null && continue
-    wait "$pid" 2>/dev/null
-    code=$?
-    PIDS[i]=""
-    live=$((live - 1))
-    if [[ $code -ne 0 && $status -eq 0 ]]; then
-      status=$code
-      if [[ $live -gt 0 ]]; then
-        say "process $i (pid $pid) exited with $code; stopping the others (SIGKILL after ${GRACE} s)"
-        signal_live TERM
-        deadline=$((SECONDS + GRACE))
-      fi
-    fi
-  done
-  if [[ -n "$deadline" && $SECONDS -ge $deadline && $live -gt 0 ]]; then
-    say "still running after ${GRACE} s: SIGKILL"
-    signal_live KILL
-    deadline=""
-  fi
-  [[ $live -gt 0 ]] && sleep 0.2
-done
+sup_wait
+status=$?
 wait 2>/dev/null  # the tee of process 0
 exit "$status"

@@ -5,7 +5,11 @@
 #
 #   launch/tpu_vm.sh create     # create the TPU VM slice
 #   launch/tpu_vm.sh setup      # copy this checkout to every host and install it
-#   launch/tpu_vm.sh train      # start training on every host (in the background, logs in ~/instant4d.log)
+#   launch/tpu_vm.sh run        # train on every host and supervise from here (as launch/local.sh): when a
+#                               # host's process exits non-zero the others are stopped and this exits
+#                               # with that status; Ctrl-C / SIGTERM here = `stop` (checkpoint, exit 0)
+#   launch/tpu_vm.sh train      # start training on every host detached (logs in ~/instant4d.log); the
+#                               # slice goes on when this machine disconnects
 #   launch/tpu_vm.sh logs       # follow host 0's log
 #   launch/tpu_vm.sh status     # per host: running, or the exit status of the last run
 #   launch/tpu_vm.sh stop       # SIGTERM on every host: a checkpoint at an agreed step, then exit
@@ -24,12 +28,20 @@
 #                  (checkpoints are written by all hosts)     (default: /mnt/instant4d/workdirs/full)
 #   OVERRIDES      extra config overrides, e.g. "--config.train.mesh=(1,-1,1)"
 #   REMOTE_DIR     where the code goes on each host           (default: ~/jax_instant4d)
-#   GRACE          seconds between SIGTERM and SIGKILL in `stop` (default: 120)
+#   PYTHON         interpreter on the hosts                   (default: python)
+#   HOSTS          number of hosts of the slice               (default: asked from gcloud)
+#   GRACE          seconds between SIGTERM and SIGKILL in `run` and `stop` (default: 120)
 #
-# Contract (as far as separate hosts allow; see launch/local.sh): a host whose process dies makes the
-# others exit within train.heartbeat_timeout_s (JAX's coordination service declares it dead; each
-# survivor logs which process is gone and exits with status 75); `status` shows every host's exit
-# status (~/instant4d.rc); `stop` forwards SIGTERM and kills what is left after GRACE seconds.
+# Contract of `run` (the same as launch/local.sh; one ssh session per host, its exit status is the
+# host's): when a host's process exits non-zero, the others get SIGTERM over ssh, then SIGKILL after
+# GRACE seconds, and `run` exits with that first failure's status. SIGTERM or Ctrl-C to `run` is
+# forwarded as SIGTERM to every host (each checkpoints at an agreed step and exits 0); `run` exits after
+# them, and a second Ctrl-C kills them. A lost ssh connection counts as a failure (status 255): the
+# others are stopped, the run resumes from its last checkpoint when started again.
+# Detached (`train`): a host whose process dies makes the others exit within
+# 0.35 x train.heartbeat_timeout_s (each survivor logs which process is gone and exits with status 75);
+# `status` shows every host's exit status (~/instant4d.rc); `stop` forwards SIGTERM and kills what is
+# left after GRACE seconds.
 # data.data_dir must be a path every host sees (a gcsfuse bucket mount or NFS), like WORKDIR.
 #
 # Spot slices and maintenance events send SIGTERM; JAX's preemption notifier turns it into a
@@ -49,9 +61,28 @@ CONFIG=${CONFIG:-configs/full.py}
 WORKDIR=${WORKDIR:-/mnt/instant4d/workdirs/full}
 OVERRIDES=${OVERRIDES:-}
 REMOTE_DIR=${REMOTE_DIR:-'~/jax_instant4d'}
+PYTHON=${PYTHON:-python}
+GRACE=${GRACE:-120}
 
 tpu() { gcloud compute tpus tpu-vm "$@" --project "$PROJECT" --zone "$ZONE"; }
 on_all() { tpu ssh "$TPU_NAME" --worker=all --command "$1"; }
+on_host() { tpu ssh "$TPU_NAME" --worker="$1" --command "$2"; }
+# The training command on one host: its pid in ~/instant4d.pid, its exit status in ~/instant4d.rc and as
+# the exit status of the shell (i.e. of the ssh session that runs it); output in ~/instant4d.log ($1 = 1:
+# also shown).
+host_train() {
+  local show=""
+  [[ "$1" == 1 ]] && show="tail -n +1 -f --pid=\$pid ~/instant4d.log & "
+  echo "cd $REMOTE_DIR && rm -f ~/instant4d.rc && { $PYTHON -m jax_instant4d.cli train --config $CONFIG \
+    --workdir $WORKDIR --distributed on $OVERRIDES > ~/instant4d.log 2>&1 & pid=\$!; echo \$pid > ~/instant4d.pid; \
+    $show wait \$pid; rc=\$?; echo \$rc > ~/instant4d.rc; exit \$rc; }"
+}
+host_count() {
+  if [[ -n "${HOSTS:-}" ]]; then echo "$HOSTS"; return; fi
+  local ips
+  ips=$(tpu describe "$TPU_NAME" --format='value(networkEndpoints[].ipAddress)') || return 1
+  echo "$ips" | tr ';,' '\n\n' | grep -c .
+}
 
 case "${1:-}" in
   create)
@@ -66,10 +97,38 @@ case "${1:-}" in
     on_all "mkdir -p $REMOTE_DIR && tar -C $REMOTE_DIR -xzf /tmp/instant4d.tgz && cd $REMOTE_DIR && \
       pip install -U 'jax[tpu]>=0.10,<0.11' && INSTANT4D_CUDA=0 pip install -e ."
     ;;
+  run)
+    set +e  # the supervision reads exit statuses itself
+    n=$(host_count) || exit 1
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "launch/tpu_vm.sh: cannot tell the number of hosts (got '$n'); set HOSTS" >&2; exit 1; }
+    SETSID=()
+    command -v setsid > /dev/null && SETSID=(setsid)
+    # shellcheck source=launch/supervise.sh
+    source "$(dirname "${BASH_SOURCE[0]}")/supervise.sh"
+    SUP_NAME=launch/tpu_vm.sh
+    SUP_GRACE=$GRACE
+    # over ssh, in the background (the loop goes on); KILL also ends the local ssh session
+    sup_deliver() {
+      on_host "$1" "kill -$2 \$(cat ~/instant4d.pid) 2>/dev/null" < /dev/null > /dev/null 2>&1 &
+      [[ "$2" == KILL ]] && { sleep 2; kill -KILL "${SUP_PIDS[$1]}" 2>/dev/null; } &
+    }
+    sup_trap_signals
+    for ((i = 0; i < n; i++)); do
+      show=0
+      [[ $i -eq 0 ]] && show=1
+      # own sessions: a terminal's Ctrl-C reaches the hosts only through the trap (as SIGTERM)
+      ${SETSID[@]+"${SETSID[@]}"} gcloud compute tpus tpu-vm ssh "$TPU_NAME" --worker="$i" --project "$PROJECT" \
+        --zone "$ZONE" --command "$(host_train $show)" < /dev/null &
+      sup_add "$i" $!
+    done
+    sup_say "$n hosts of $TPU_NAME; host 0's output follows (every host: ~/instant4d.log)"
+    sup_wait
+    exit $?
+    ;;
   train)
-    on_all "cd $REMOTE_DIR && rm -f ~/instant4d.rc && nohup sh -c 'python -m jax_instant4d.cli train \
-      --config $CONFIG --workdir $WORKDIR --distributed on $OVERRIDES; echo \$? > ~/instant4d.rc' \
-      > ~/instant4d.log 2>&1 & echo \$! > ~/instant4d.pid"
+    on_all "cd $REMOTE_DIR && rm -f ~/instant4d.rc && nohup sh -c '$PYTHON -m jax_instant4d.cli train \
+      --config $CONFIG --workdir $WORKDIR --distributed on $OVERRIDES & echo \$! > ~/instant4d.pid; wait \$!; \
+      echo \$? > ~/instant4d.rc' > ~/instant4d.log 2>&1 &"
     ;;
   logs)
     tpu ssh "$TPU_NAME" --worker=0 --command "tail -f ~/instant4d.log"
@@ -79,15 +138,15 @@ case "${1:-}" in
       else echo \"\$(hostname): running\"; fi"
     ;;
   stop)
-    # SIGTERM to the training process (the child of the sh wrapper), then SIGKILL after GRACE seconds
-    on_all "pkill -TERM -P \$(cat ~/instant4d.pid) 2>/dev/null; for i in \$(seq ${GRACE:-120}); do \
-      pgrep -P \$(cat ~/instant4d.pid) > /dev/null || exit 0; sleep 1; done; pkill -KILL -P \$(cat ~/instant4d.pid)"
+    # SIGTERM to the training process (~/instant4d.pid), then SIGKILL after GRACE seconds
+    on_all "pid=\$(cat ~/instant4d.pid); kill -TERM \$pid 2>/dev/null; for i in \$(seq $GRACE); do \
+      kill -0 \$pid 2>/dev/null || exit 0; sleep 1; done; kill -KILL \$pid"
     ;;
   delete)
     tpu delete "$TPU_NAME" --quiet
     ;;
   *)
-    sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,53p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
