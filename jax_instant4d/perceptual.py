@@ -123,6 +123,7 @@ def lpips(params: Params, x: Float[Array, "B H W 3"], y: Float[Array, "B H W 3"]
 # --------------------------------------------------------------------------------------------------
 
 _IRESNET_LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
+IRESNET_DEPTHS = tuple(sorted(_IRESNET_LAYERS))  # train.loss.identity_depth values
 IDENTITY_SIZE = 112
 IDENTITY_DIM = 512
 

@@ -24,10 +24,10 @@ Two renderers with one signature (:func:`render`, ``backend="reference" | "gspla
   needs a CUDA device), called as its documentation describes (``viewmats`` [C, 4, 4] world-to-camera,
   ``Ks`` [C, 3, 3], ``render_mode="RGB+D"`` for the accumulated depth that is our ``depth``,
   ``rasterize_mode`` classic or antialiased, ``eps2d=0.3``, ``packed=False``). gsplat is not a dependency
-  (and not installed where this was written): the adapter is written against its documented API and its test is skipped when
-  ``import gsplat`` fails. gsplat differs from us in two documented constants: it clamps alpha at 0.999
-  (we: 0.99) and stops at T <= 1e-4 (we: T < 1e-4); images agree to about 1e-2 where Gaussians are
-  nearly opaque and closely elsewhere.
+  (and was not installed where this was written): the adapter is written against its documented API
+  and its test is skipped when ``import gsplat`` fails. gsplat differs from us in two documented
+  constants: it clamps alpha at 0.999 (we: 0.99) and stops at T <= 1e-4 (we: T < 1e-4); images agree
+  to about 1e-2 where Gaussians are nearly opaque and closely elsewhere.
 """
 
 from __future__ import annotations

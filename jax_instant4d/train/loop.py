@@ -113,7 +113,7 @@ def check_config(cfg: ConfigDict, *, real_model: bool = True, real_data: bool = 
     and what is allowed. ``real_model`` / ``real_data``: the project's model / data pipeline is used
     (other factories check their own keys)."""
     import rasterizer_ffi
-    from jax_instant4d.train.losses import _IRESNET_LAYERS as IRESNET_DEPTHS  # noqa: N811
+    from jax_instant4d.perceptual import IRESNET_DEPTHS
 
     t = cfg.train
     _int_at_least(t, "train", ("steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every",
