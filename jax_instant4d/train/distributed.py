@@ -309,5 +309,35 @@ def enable_compilation_cache(setting: str, workdir: str | os.PathLike) -> Path |
             compilation_cache.reset_cache()
     # cache every program the step loop compiles (JAX's default skips those under a second)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    _one_cache_key_for_every_cpu_process()
     return path
+
+
+def _one_cache_key_for_every_cpu_process() -> None:
+    """Gives a program that spans several CPU processes the same cache key in each of them.
+
+    JAX hashes the client's topology fingerprint into the key, and on CPU that fingerprint differs
+    from process to process; only process 0 writes the cache (JAX's rule), so the other processes
+    never find their keys and compile every program again at each rerun or resume (minutes for the
+    train step on CPU, with every process waiting for the slowest). For such programs the devices'
+    kinds, ids and processes are hashed instead (the fallback JAX uses where there is no topology),
+    which is the same everywhere; accelerators and single-process programs keep JAX's key. Measured
+    with two processes: the second run finds every entry in both, and computes the same values.
+    """
+    from jax._src import cache_key
+
+    original = getattr(cache_key, "_hash_accelerator_config", None)
+    if original is None or getattr(original, "instant4d", False) or not hasattr(cache_key, "_hash_string"):
+        return  # another JAX: leave its keys alone
+
+    def hash_accelerator_config(hash_obj, accelerators) -> None:
+        devices = list(accelerators.flat)
+        if devices and all(d.platform == "cpu" for d in devices) and len({d.process_index for d in devices}) > 1:
+            for d in devices:
+                cache_key._hash_string(hash_obj, f"{d.device_kind}/{d.id}/{d.process_index}")
+        else:
+            original(hash_obj, accelerators)
+
+    hash_accelerator_config.instant4d = True
+    cache_key._hash_accelerator_config = hash_accelerator_config
 
