@@ -307,3 +307,20 @@ def test_damaged_records_are_reported_skipped_and_bounded(tmp_path, caplog):
         shard.write_bytes(cut)
         with pytest.raises(pipeline.BadRecordsError, match=f"no readable record|more than .*{shard.name}"):
             next(make_pipeline(cfg, "train", 2, 0, 1, path=copy))
+
+
+def test_a_data_dir_that_cannot_be_created_is_a_config_error_before_any_work(tmp_path):
+    """A synthetic dataset that is missing is generated in data.data_dir: a folder that cannot be made
+    there (below a file, say) is one line naming the key, before any generation starts."""
+    from jax_instant4d.config import ConfigError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cfg = tiny_cfg(tmp_path)
+    cfg.data.data_dir = str(blocker / "data")
+    with pytest.raises(ConfigError, match=r"^data\.data_dir='.*a_file/data': cannot create the folder"):
+        pipeline.check_data_config(cfg)
+    assert not (blocker.is_dir())
+    cfg.data.data_dir = str(tmp_path / "fresh" / "data")
+    pipeline.check_data_config(cfg)  # a folder that can be made is fine (and is made)
+    assert (tmp_path / "fresh" / "data").is_dir()

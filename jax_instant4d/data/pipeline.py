@@ -98,6 +98,16 @@ def check_data_config(cfg, need_dataset: bool = True) -> None:
             raise ConfigError(f"data.dataset='teacher_clips': no dataset at {path}; run `instant4d data ingest SRC "
                               f"--out {d.data_dir} --config.data.resolution={d.resolution}` first (or set "
                               "data.data_dir to where it is)")
+    if d.dataset == "synthetic_heads":
+        from jax_instant4d.data import builders
+
+        if not builders.is_complete(dataset_path(cfg)):  # it will be generated there: the folder must be usable
+            root = Path(str(d.data_dir)).expanduser()
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"data.data_dir={str(d.data_dir)!r}: cannot create the folder for the generated "
+                                  f"dataset ({e.strerror or e})") from None
 
 
 def dataset_path(cfg) -> Path:
