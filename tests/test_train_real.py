@@ -4,6 +4,8 @@ against the unsharded one."""
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,8 +59,27 @@ class _NoDelta(FakeInstant4D):
         return rgb, alpha, depth, {k: v for k, v in aux.items() if k != "delta"}
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def test_a_model_without_delta_f_is_an_error(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path), make_mesh((1, 1, 1), jax.devices()[:1]), _NoDelta, log=lambda _: None)
+    records, log = _Records(), logging.getLogger("jax_instant4d.train.setup")
+    level = log.level
+    log.addHandler(records)
+    log.setLevel(logging.INFO)
+    try:
+        trainer = Trainer(tiny_config(tmp_path), make_mesh((1, 1, 1), jax.devices()[:1]), _NoDelta)
+    finally:
+        log.removeHandler(records)
+        log.setLevel(level)
+    # without a log callback the trainer's notes go through logging
+    assert any("LPIPS loss off" in m for m in records.messages), records.messages
     state = trainer.init()
     with pytest.raises(ValueError, match=r"_NoDelta\.animate returned no 'delta'"):
         trainer.step(state, to_global(global_batch(0, 8), trainer.mesh), 16)

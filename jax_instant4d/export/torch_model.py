@@ -238,7 +238,7 @@ def read_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def import_checkpoint(path: str | Path, cfg: ConfigDict | None, workdir: str | Path, *, overwrite: bool = False,
-                      overrides: list[str] | None = None, log: Callable[[str], None] = print) -> Path:
+                      overrides: list[str] | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Converts a whole-model PyTorch state dict file into checkpoint 0 of a work directory that
     ``--checkpoint WORKDIR`` (:func:`jax_instant4d.inference.load_trained`) loads.
 

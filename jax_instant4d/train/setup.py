@@ -7,6 +7,7 @@ pretrained motion encoder (``model.motion.weights``) loaded in place of its init
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from jax_instant4d.train.sharding import like_params_shardings, param_shardings,
 from jax_instant4d.train.state import TrainState, make_disc_optimizer, make_optimizer
 
 ModelFactory = Callable[..., nnx.Module]
+logger = logging.getLogger(__name__)
 
 LOSS_NAMES = ("l1", "lpips", "identity", "region", "delta_f", "adversarial")
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -32,10 +34,12 @@ INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_
 class TrainSetup:
     """The static parts of training on ``mesh``: module definitions (``mdef``, ``ddef``), optimisers
     (``tx``, ``dtx``, ``schedule``), loss weights and networks (``weights``, ``nets``), the train
-    state's shardings and abstract shape, and ``init``."""
+    state's shardings and abstract shape, and ``init``. Its notes (which losses are on, which motion
+    weights were loaded) go to ``log`` (default: this module's logger, at INFO)."""
 
     def __init__(self, cfg: ConfigDict, mesh: Mesh, model_factory: ModelFactory | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] | None = None):
+        log = log or logger.info
         self.cfg, self.mesh, self.log = cfg, mesh, log
         tcfg = cfg.train
         if model_factory is None:

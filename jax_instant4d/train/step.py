@@ -48,7 +48,7 @@ class Trainer(TrainSetup):
     expected); ``compiled_variants()`` lists the variants built so far."""
 
     def __init__(self, cfg: ConfigDict, mesh: Mesh, model_factory: ModelFactory | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] | None = None):
         super().__init__(cfg, mesh, model_factory, log)
         self._steps: dict[tuple[int, bool], Any] = {}
         self.trace_counts: Counter[tuple[int, bool]] = Counter()
