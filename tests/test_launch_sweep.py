@@ -45,9 +45,13 @@ def fake_cli(fake: Path, *train_args: str) -> list[str]:
 def test_the_library_does_not_launch():
     # the scheduler left the library: jax_instant4d.sweep imports nothing that starts or signals processes,
     # nor the launcher; the CLI finds the launcher of this checkout
-    tree = ast.parse((REPO / "jax_instant4d" / "sweep.py").read_text())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    files = sorted((REPO / "jax_instant4d" / "sweep").glob("*.py"))
+    assert {f.name for f in files} >= {"__init__.py", "spec.py", "collect.py"}
+    trees = [ast.parse(f.read_text()) for f in files]
+    imported = {a.name.split(".")[0] for tree in trees for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names}
+    imported |= {n.module.split(".")[0] for tree in trees for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom) and n.module}
     assert imported & {"subprocess", "signal", "socket", "shutil", "concurrent", "instant4d_launch"} == set()
     assert "numpy" in imported and "jax_instant4d" in imported  # the walk did see the imports
     assert cli.import_launcher("instant4d_launch.sweep_cli").__file__ == str(REPO / "launch" / "sweep_cli.py")

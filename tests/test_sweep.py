@@ -1,4 +1,4 @@
-"""Ablation sweeps, the library part (jax_instant4d/sweep.py): sweep files and their expansion into runs,
+"""Ablation sweeps, the library part (jax_instant4d/sweep/): sweep files and their expansion into runs,
 validation, the state of a run directory, collect (table, JSON, plot). Launching is tested in
 tests/test_launch_sweep.py.
 
