@@ -62,6 +62,8 @@ def resolution_at(step: int, schedule, full: int) -> int:
 
 
 class Rendered(NamedTuple):
+    """The forward pass's outputs for the losses: M = 1 + K views per example, the source view first."""
+
     rgb: Float[Array, "B M h w 3"]
     target: Float[Array, "B M h w 3"]
     z_src: Motion  # motion of the source, leaves [B, ...]
