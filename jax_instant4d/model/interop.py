@@ -307,7 +307,7 @@ def gaussian_to_torch_state_dict(model_or_state: Any) -> dict[str, np.ndarray]:
 
 
 def gaussian_torch_shapes(model_or_state: Any) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of :func:`flax_to_torch_state_dict` without reading values (abstract models too)."""
+    """Names and shapes of :func:`gaussian_to_torch_state_dict` without reading values (abstract models too)."""
     params = _pure_params(model_or_state)
     out = {}
     for top in GAUSSIAN_PREFIXES:
@@ -353,7 +353,7 @@ def gaussian_state_dict_to_flax(state_dict: Mapping[str, Any]) -> dict:
 def load_gaussian_state_dict(model, state_dict: Mapping[str, Any]) -> None:
     """Writes the decoder/fusion weights of a PyTorch state dict into an ``Instant4D`` (shapes checked)."""
 
-    pure = torch_state_dict_to_flax(state_dict)
+    pure = gaussian_state_dict_to_flax(state_dict)
     state = nnx.state(model, nnx.Param)
     current = nnx.to_pure_dict(state)
     for path, value in _walk_pure(pure):
