@@ -6,13 +6,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from fakes import (  # noqa: F401  (re-exported: tests/test_train_reliability.py imports the stand-ins from here)
+from fakes import (
     EXPR,
     RES,
     FakeInstant4D,
     K,
     fake_example,
-    global_batch,
     make_fake_data_factory,
     tiny_config,
 )

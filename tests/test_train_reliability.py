@@ -3,7 +3,7 @@ checkpoints (set aside, the previous one restored), a real model mismatch, a mis
 state, non-finite streaks (no checkpoint inside one), replayed metrics after a resume, and the
 console's rate / ETA after compilation.
 
-The training runs use the stand-in model and data of ``test_train_fakes`` in this process, with one
+The training runs use the stand-in model and data of ``tests/fakes.py`` in this process, with one
 compiled :class:`Trainer` shared by the tests of this file.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_train_fakes import FakeInstant4D, make_fake_data_factory, tiny_config
+from fakes import FakeInstant4D, make_fake_data_factory, tiny_config
 
 from jax_instant4d import cli
 from jax_instant4d.config import ConfigError
