@@ -22,6 +22,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jaxtyping import PyTree
 
+from jax_instant4d.tree_paths import path_str
+
 STATE_ITEM = "state"
 CONFIG_ITEM = "config"
 MODEL_GROUPS = ("params", "frozen", "rest")  # the model's variables in the saved train state; "ema" mirrors params
@@ -39,20 +41,13 @@ class CheckpointDamaged(CheckpointError):
         super().__init__(f"checkpoint step {step} in {directory} is damaged: {file}: {reason}")
 
 
-def _key_name(entry: Any) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """``{"params/encoder/kernel": shape}`` of every array-like leaf (metadata or ShapeDtypeStruct)."""
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         shape = getattr(leaf, "shape", None)
         if shape is not None:
-            out["/".join(_key_name(k) for k in path)] = tuple(int(d) for d in shape)
+            out[path_str(path)] = tuple(int(d) for d in shape)
     return out
 
 
@@ -107,14 +102,21 @@ def saved_state_tree(directory: str | Path | epath.Path, step: int) -> dict[str,
     return dict(tree)
 
 
-def _check_group(directory, step: int, group: str, saved: PyTree, wanted: PyTree) -> None:
-    have, want = _leaf_shapes(saved), _leaf_shapes(wanted)
+def check_shapes(directory, step: int, have: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]],
+                 group: str = "") -> None:
+    """Raises :class:`CheckpointError` ("does not match") naming the first array whose name or shape in
+    the checkpoint (``have``, from :func:`_leaf_shapes`) differs from the model's (``want``)."""
     for name in sorted(set(have) | set(want)):
         if have.get(name) != want.get(name):
             got = "absent" if name not in have else f"shape {have[name]}"
             exp = "absent" if name not in want else f"shape {want[name]}"
             raise CheckpointError(f"checkpoint step {step} in {directory} does not match this model/config: "
-                                  f"{group}/{name} is {got} in the checkpoint, {exp} in the model")
+                                  f"{group + '/' if group else ''}{name} is {got} in the checkpoint, {exp} in "
+                                  f"the model")
+
+
+def _check_group(directory, step: int, group: str, saved: PyTree, wanted: PyTree) -> None:
+    check_shapes(directory, step, _leaf_shapes(saved), _leaf_shapes(wanted), group)
 
 
 def _deep_merge(a: dict, b: dict) -> dict:

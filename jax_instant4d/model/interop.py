@@ -41,6 +41,7 @@ from flax import nnx
 
 from jax_instant4d.model.encoder import TriplaneEncoder
 from jax_instant4d.model.motion import MotionEncoder
+from jax_instant4d.tree_paths import path_parts
 
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _IGNORED_ON_IMPORT = re.compile(r"(^|\.)(num_batches_tracked|pos_embed\.pos_embed)$")
@@ -244,17 +245,6 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 GAUSSIAN_PREFIXES = {"decoder": "decoder", "fusion": "motion_decoder"}
 
 
-def _path_parts(path) -> list[str]:
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                k = getattr(k, attr)
-                break
-        parts.append(str(k))
-    return parts
-
-
 def _pure_params(model_or_state: Any) -> Mapping:
     """A nested dict of parameters from an NNX module, an ``nnx.State`` or a pure dict."""
 
@@ -275,7 +265,7 @@ def _walk_pure(tree: Mapping, prefix: tuple = ()):
 
 def gaussian_torch_name(path) -> tuple[str, bool]:
     """Flax parameter path -> (PyTorch name, whether the array is transposed on the way)."""
-    parts = _path_parts(path)
+    parts = path_parts(path)
     if parts[0] not in GAUSSIAN_PREFIXES:
         raise KeyError(f"no PyTorch name for {'/'.join(parts)}: only {tuple(GAUSSIAN_PREFIXES)} are mapped here")
     out = [GAUSSIAN_PREFIXES[parts[0]]]
@@ -291,32 +281,32 @@ def gaussian_torch_name(path) -> tuple[str, bool]:
     return ".".join(out), transpose
 
 
-def gaussian_to_torch_state_dict(model_or_state: Any) -> dict[str, np.ndarray]:
-    """``decoder`` and ``fusion`` parameters -> ``{torch name: float32 array}`` (the other parts of the
-    model, encoder and motion encoder, have their own mirrors)."""
+def _gaussian_leaves(model_or_state: Any):
+    """``(torch name, transpose, value)`` of every ``decoder`` and ``fusion`` parameter."""
     params = _pure_params(model_or_state)
-    out = {}
     for top in GAUSSIAN_PREFIXES:
         if top not in params or params[top] is None:
             continue
         for path, value in _walk_pure(params[top], (top,)):
-            name, transpose = gaussian_torch_name(path)
-            arr = np.asarray(value, np.float32)
-            out[name] = np.ascontiguousarray(arr.T if transpose else arr)
+            yield (*gaussian_torch_name(path), value)
+
+
+def gaussian_to_torch_state_dict(model_or_state: Any) -> dict[str, np.ndarray]:
+    """``decoder`` and ``fusion`` parameters -> ``{torch name: float32 array}`` (the other parts of the
+    model, encoder and motion encoder, have their own mirrors)."""
+    out = {}
+    for name, transpose, value in _gaussian_leaves(model_or_state):
+        arr = np.asarray(value, np.float32)
+        out[name] = np.ascontiguousarray(arr.T if transpose else arr)
     return out
 
 
 def gaussian_torch_shapes(model_or_state: Any) -> dict[str, tuple[int, ...]]:
     """Names and shapes of :func:`gaussian_to_torch_state_dict` without reading values (abstract models too)."""
-    params = _pure_params(model_or_state)
     out = {}
-    for top in GAUSSIAN_PREFIXES:
-        if top not in params or params[top] is None:
-            continue
-        for path, value in _walk_pure(params[top], (top,)):
-            name, transpose = gaussian_torch_name(path)
-            shape = tuple(int(d) for d in value.shape)
-            out[name] = shape[::-1] if transpose else shape
+    for name, transpose, value in _gaussian_leaves(model_or_state):
+        shape = tuple(int(d) for d in value.shape)
+        out[name] = shape[::-1] if transpose else shape
     return out
 
 

@@ -11,24 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import PyTree
 
-
-def path_str(path: Sequence[Any]) -> str:
-    """``(DictKey('encoder'), DictKey('conv'), ...)`` or ``('encoder', 'conv')`` -> ``"encoder/conv"``."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                k = getattr(k, attr)
-                break
-        parts.append(str(k))
-    return "/".join(parts)
+from jax_instant4d.tree_paths import path_str
 
 
 def _is_key(x) -> bool:

@@ -33,6 +33,7 @@ from jax_instant4d.restore import (
     _file_in,
     _first_line,
     _leaf_shapes,
+    check_shapes,
     saved_config_dict,
 )
 from jax_instant4d.train.state import TrainState
@@ -139,12 +140,7 @@ class Checkpointer:
         saved, wanted = _leaf_shapes(tree), _leaf_shapes(target)
         if not saved:
             raise CheckpointDamaged(self.directory, step, "state/_METADATA", "lists no arrays")
-        for name in sorted(set(saved) | set(wanted)):
-            if saved.get(name) != wanted.get(name):
-                have = "absent" if name not in saved else f"shape {saved[name]}"
-                want = "absent" if name not in wanted else f"shape {wanted[name]}"
-                raise CheckpointError(f"checkpoint step {step} in {self.directory} does not match this model/config: "
-                                      f"{name} is {have} in the checkpoint, {want} in the model")
+        check_shapes(self.directory, step, saved, wanted)
 
     def set_aside(self, step: int) -> Path:
         """Moves the folder of ``step`` to ``<checkpoints>.damaged/<step>-<UTC time>`` (kept for inspection)
