@@ -431,18 +431,6 @@ def make_pipeline(cfg, split: str, batch_size: int, process_index: int | None = 
     return iter(make_dataset(cfg, split, batch_size, process_index, process_count, seed, path, augment))
 
 
-def to_global(batch: Mapping[str, np.ndarray], mesh, batch_axes: tuple[str, ...] = ("data", "fsdp")) -> dict:
-    """Per-process batches -> global ``jax.Array`` s, the leading axis split over ``batch_axes`` of ``mesh``
-    (those that exist; replicated if none), via ``jax.make_array_from_process_local_data``."""
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    axes = tuple(a for a in batch_axes if a in mesh.axis_names)
-    spec = PartitionSpec(axes if len(axes) > 1 else axes[0]) if axes else PartitionSpec()
-    sharding = NamedSharding(mesh, spec)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
-
-
 def batch_nbytes(batch: Mapping[str, np.ndarray]) -> int:
     return int(sum(np.asarray(v).nbytes for v in batch.values()))
 
