@@ -334,16 +334,15 @@ class AvatarRunner:
 
     def __init__(self, model, size: int):
         import jax
-        from flax import nnx
 
-        model.eval()
-        self.size = int(size)
-        graphdef, self.state = nnx.split(model)
-        s = self.size
+        from jax_instant4d.inference import pure_model
+
+        self.size = s = int(size)
+        pure, self.state = pure_model(model)
         self._fns = {
-            "encode": jax.jit(lambda st, x: nnx.merge(graphdef, st).encode(x)),
-            "motion": jax.jit(lambda st, x: nnx.merge(graphdef, st).motion(x)),
-            "animate": jax.jit(lambda st, av, z, cam: nnx.merge(graphdef, st).animate(av, z, cam, s, s)[0]),
+            "encode": jax.jit(pure.encode),
+            "motion": jax.jit(pure.motion),
+            "animate": jax.jit(lambda st, av, z, cam: pure.animate(st, av, z, cam, s)[0]),
         }
         self._compiled: dict[str, object] = {}
         self.compile_s = {k: 0.0 for k in self._fns}

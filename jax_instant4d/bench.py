@@ -86,36 +86,26 @@ class _Compiled:
     def __init__(self, model, cfg, batch: int = 1):
         import jax
         import jax.numpy as jnp
-        from flax import nnx
 
         from jax_instant4d import render
+        from jax_instant4d.inference import pure_model
 
         self.size = s = int(cfg.model.image_size)
-        model.eval()  # BatchNorm on running statistics, as at inference
-        self.graphdef, state = nnx.split(model)
+        pure, state = pure_model(model)  # eval mode: BatchNorm on running statistics, as at inference
         self.state = state
-        gd = self.graphdef
         img = jax.ShapeDtypeStruct((batch, s, s, 3), jnp.float32)
         cam = render.Camera(jax.ShapeDtypeStruct((batch, 4, 4), jnp.float32),
                             jax.ShapeDtypeStruct((batch, 4), jnp.float32))
         abs_state = _abstract(state)
 
-        def encode(st, x):
-            return nnx.merge(gd, st).encode(x)
-
         def frame(st, avatar, driving, c):
-            m = nnx.merge(gd, st)
-            rgb, alpha, depth, _aux = m.animate(avatar, m.motion(driving), c, s, s)
-            return rgb, alpha, depth
+            return pure.animate(st, avatar, pure.motion(st, driving), c, s)
 
-        def fuse_decode(st, avatar, z):
-            return nnx.merge(gd, st).animate_gaussians(avatar, z)
-
-        self.abs_avatar = jax.eval_shape(encode, abs_state, img)
-        abs_z = jax.eval_shape(lambda st, x: nnx.merge(gd, st).motion(x), abs_state, img)
-        self._encode_lowered = jax.jit(encode).lower(abs_state, img)
+        self.abs_avatar = jax.eval_shape(pure.encode, abs_state, img)
+        abs_z = jax.eval_shape(pure.motion, abs_state, img)
+        self._encode_lowered = jax.jit(pure.encode).lower(abs_state, img)
         self._frame_lowered = jax.jit(frame).lower(abs_state, self.abs_avatar, img, cam)
-        self._fuse_lowered = jax.jit(fuse_decode).lower(abs_state, self.abs_avatar, abs_z)
+        self._fuse_lowered = jax.jit(pure.animate_gaussians).lower(abs_state, self.abs_avatar, abs_z)
         self.encode = self.frame = None
         self._fuse_cost = None
 

@@ -110,3 +110,36 @@ def load_trained(checkpoint: str | Path, step: int | None = None, *, overrides: 
     model = mdef.merge(params, {}, rest, jax.random.key(0))
     model.eval()
     return Trained(cfg, model, step, folder, used_ema)
+
+
+@dataclasses.dataclass(frozen=True)
+class PureModel:
+    """A trained model as pure functions of its state (``nnx.split``), for ``jax.jit`` / ``lower``: each
+    call rebuilds the module from ``state`` inside the traced function. Evaluation, ``animate`` and the
+    benchmarks jit these (each with its own compile and timing needs); :func:`pure_model` makes one."""
+
+    graphdef: nnx.GraphDef
+
+    def encode(self, state: nnx.State, source: jax.Array):
+        """Source image(s) ``[B, R, R, 3]`` -> :class:`~jax_instant4d.model.avatar.Avatar`."""
+        return nnx.merge(self.graphdef, state).encode(source)
+
+    def motion(self, state: nnx.State, frames: jax.Array):
+        """Driving frame(s) ``[B, R, R, 3]`` -> :class:`~jax_instant4d.model.avatar.Motion`."""
+        return nnx.merge(self.graphdef, state).motion(frames)
+
+    def animate(self, state: nnx.State, avatar, z, camera, size: int):
+        """(rgb, alpha, depth) of ``avatar`` driven by ``z`` at ``camera``, ``size`` x ``size`` pixels."""
+        rgb, alpha, depth, _aux = nnx.merge(self.graphdef, state).animate(avatar, z, camera, size, size)
+        return rgb, alpha, depth
+
+    def animate_gaussians(self, state: nnx.State, avatar, z):
+        """Fusion + decoder: the driven Gaussians, without splatting."""
+        return nnx.merge(self.graphdef, state).animate_gaussians(avatar, z)
+
+
+def pure_model(model: nnx.Module) -> tuple[PureModel, nnx.State]:
+    """``model`` in eval mode (BatchNorm on running statistics), split into :class:`PureModel` and its state."""
+    model.eval()
+    graphdef, state = nnx.split(model)
+    return PureModel(graphdef), state

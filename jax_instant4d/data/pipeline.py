@@ -220,8 +220,9 @@ class CheckedSource:
 # --------------------------------------------------------------------------------------------------
 
 
-def _decode(data: bytes, size: int, channels: int = 3) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 [size, size, channels] (area-resampled if stored at another size)."""
+def decode_image(data: bytes, size: int, channels: int = 3) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 [size, size, channels] (area-resampled if stored at another size, bilinear if
+    smaller): how training and evaluation read a record's frames."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
@@ -277,15 +278,15 @@ class SampleTargets(grain.transforms.RandomMap):
         pick = rng.choice(n, size=k, replace=k > n)
         times, views = pick // v, pick % v
 
-        src = _decode(rec["source_image"], res).astype(np.float32) / 255.0
+        src = decode_image(rec["source_image"], res).astype(np.float32) / 255.0
         src_k = np.asarray(rec["source_intrinsics"], np.float32) * scale
-        drv = np.stack([_decode(rec["driving_images"][ti], res) for ti in times]).astype(np.float32) / 255.0
-        tgt = np.stack([_decode(rec["target_images"][i], res) for i in pick]).astype(np.float32) / 255.0
+        drv = np.stack([decode_image(rec["driving_images"][ti], res) for ti in times]).astype(np.float32) / 255.0
+        tgt = np.stack([decode_image(rec["target_images"][i], res) for i in pick]).astype(np.float32) / 255.0
         tgt_w2c = np.asarray(rec["target_w2c"], np.float32)[pick]
         tgt_k = np.asarray(rec["target_intrinsics"], np.float32)[pick] * scale
         has_fg, has_regions = bool(rec["has_fg"]), bool(rec["has_regions"])
         if has_fg or has_regions:
-            masks = np.stack([_decode(rec["target_masks"][i], res) for i in pick]).astype(np.float32) / 255.0
+            masks = np.stack([decode_image(rec["target_masks"][i], res) for i in pick]).astype(np.float32) / 255.0
         else:
             masks = np.zeros((k, res, res, 3), np.float32)
         fg = masks[..., 0] if has_fg else np.ones((k, res, res), np.float32)

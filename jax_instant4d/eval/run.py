@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import time
@@ -42,7 +41,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jax_instant4d import perceptual, render
 from jax_instant4d.eval import consistency as cons
@@ -86,14 +84,10 @@ class Clip:
 
 
 def _decode(data: bytes, size: int) -> np.ndarray:
-    from PIL import Image
+    """A record's frame as training reads it, in [0, 1]."""
+    from jax_instant4d.data.pipeline import decode_image
 
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            big = im.size[0] > size
-            im = im.resize((size, size), Image.Resampling.BOX if big else Image.Resampling.BILINEAR)
-        return np.asarray(im, np.float32) / 255.0
+    return decode_image(data, size).astype(np.float32) / 255.0
 
 
 def _regions(rec, resolution: int) -> np.ndarray | None:
@@ -148,15 +142,13 @@ class _Model:
     """Jitted encode / motion / animate of a trained model (the graph split once)."""
 
     def __init__(self, model):
-        graphdef, self.state = nnx.split(model)
-        self._encode = jax.jit(lambda st, src: nnx.merge(graphdef, st).encode(src))
-        self._motion = jax.jit(lambda st, x: nnx.merge(graphdef, st).motion(x))
+        from jax_instant4d.inference import pure_model
 
-        def animate(st, avatar, z, w2c, intr, size):
-            rgb, alpha, depth, _aux = nnx.merge(graphdef, st).animate(avatar, z, render.Camera(w2c, intr), size, size)
-            return rgb, alpha, depth
-
-        self._animate = jax.jit(animate, static_argnums=5)
+        pure, self.state = pure_model(model)
+        self._encode = jax.jit(pure.encode)
+        self._motion = jax.jit(pure.motion)
+        self._animate = jax.jit(lambda st, avatar, z, w2c, intr, size: pure.animate(
+            st, avatar, z, render.Camera(w2c, intr), size), static_argnums=5)
 
     def encode(self, source):
         return self._encode(self.state, source)
