@@ -242,20 +242,28 @@ def base_config() -> ConfigDict:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_config_file(path: str | Path) -> ConfigDict:
-    """Runs ``get_config()`` of a Python config file."""
+def load_python_file(path: str | Path, entry: str, kind: str = "config", error: type[Exception] = ConfigError):
+    """Executes a Python file (a config or sweep file) and returns it as a module that has ``entry``.
+    A missing file, an exception while executing it, or no ``entry`` raises ``error`` naming the
+    ``"<kind> file"`` and its path."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    spec = importlib.util.spec_from_file_location(f"_instant4d_config_{path.stem}", path)
+        raise error(f"{kind} file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"_instant4d_{kind}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as e:  # a broken config file: name it
-        raise ConfigError(f"error while executing config file {path}: {e}") from e
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path} has no get_config()")
-    cfg = module.get_config()
+    except Exception as e:  # a broken file: name it
+        raise error(f"error while executing {kind} file {path}: {e}") from e
+    if not hasattr(module, entry):
+        raise error(f"{kind} file {path} has no {entry}()")
+    return module
+
+
+def load_config_file(path: str | Path) -> ConfigDict:
+    """Runs ``get_config()`` of a Python config file."""
+    path = Path(path)
+    cfg = load_python_file(path, "get_config").get_config()
     if not isinstance(cfg, ConfigDict):
         raise ConfigError(f"get_config() in {path} must return an ml_collections.ConfigDict")
     _check_known(cfg, base_config(), str(path))

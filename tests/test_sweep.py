@@ -280,3 +280,24 @@ def test_seed_groups_mean_and_spread(tmp_path):
     with pytest.raises(S.SweepError, match="seed key 'data.shuffle_seed'"):
         S.load_sweep(write_sweep(tmp_path / "bad.py", grid={"model.fusion": ["local"]},
                                  seed_keys=["data.shuffle_seed"]))
+
+
+@pytest.mark.parametrize("kind", ["sweep", "config"])
+def test_broken_python_files_are_named(tmp_path, kind):
+    """Sweep and config files load through one loader; each failure names the kind of file and its path."""
+    from jax_instant4d.config import ConfigError, load_config_file
+    from jax_instant4d.sweep import SweepError, load_sweep
+
+    load, error, entry = ((load_sweep, SweepError, "get_sweep") if kind == "sweep"
+                          else (load_config_file, ConfigError, "get_config"))
+    missing = tmp_path / "missing.py"
+    with pytest.raises(error, match=f"^{kind} file not found: {missing}$"):
+        load(missing)
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(error, match=f"^error while executing {kind} file {broken}: boom$"):
+        load(broken)
+    empty = tmp_path / "empty.py"
+    empty.write_text("X = 1\n")
+    with pytest.raises(error, match=rf"^{kind} file {empty} has no {entry}\(\)$"):
+        load(empty)

@@ -28,7 +28,6 @@ run directory made with other values (other than ``train.steps``, which simply t
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import json
 import os
@@ -39,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jax_instant4d.config import ConfigDict, ConfigError, apply_overrides, load_config_file
+from jax_instant4d.config import ConfigDict, ConfigError, apply_overrides, load_config_file, load_python_file
 
 Value = str | int | float | bool | tuple | list | None
 
@@ -230,26 +229,12 @@ def normalise(v: Any) -> Any:
     return json.loads(json.dumps(v.to_dict() if isinstance(v, ConfigDict) else v))
 
 
-def _load_module(path: Path):
-    if not path.is_file():
-        raise SweepError(f"sweep file not found: {path}")
-    spec = importlib.util.spec_from_file_location(f"_instant4d_sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # a broken sweep file: name it
-        raise SweepError(f"error while executing sweep file {path}: {e}") from e
-    if not hasattr(module, "get_sweep"):
-        raise SweepError(f"sweep file {path} has no get_sweep()")
-    return module
-
-
 def load_sweep(path: str | Path, extra_overrides: Sequence[str] = ()) -> Sweep:
     """Loads a sweep file, expands its runs and validates every run's overrides against the base config.
 
     ``extra_overrides``: ``key=value`` / ``--config.key=value`` strings added to the fixed overrides."""
     path = Path(path)
-    spec = _load_module(path).get_sweep()
+    spec = load_python_file(path, "get_sweep", "sweep", SweepError).get_sweep()
     if isinstance(spec, ConfigDict):
         spec = spec.to_dict()
     where = f"sweep file {path}"
