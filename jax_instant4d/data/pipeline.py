@@ -32,7 +32,6 @@ from pathlib import Path
 
 import grain
 import numpy as np
-from jaxtyping import Float
 
 from jax_instant4d.data import record
 
@@ -434,7 +433,3 @@ def make_pipeline(cfg, split: str, batch_size: int, process_index: int | None = 
 
 def batch_nbytes(batch: Mapping[str, np.ndarray]) -> int:
     return int(sum(np.asarray(v).nbytes for v in batch.values()))
-
-
-def describe(batch: Mapping[str, Float[np.ndarray, "..."]]) -> str:
-    return ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in batch.items())
