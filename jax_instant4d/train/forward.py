@@ -61,7 +61,7 @@ def resolution_at(step: int, schedule, full: int) -> int:
     return res
 
 
-class Rendered(NamedTuple):
+class ForwardPass(NamedTuple):
     """The forward pass's outputs for the losses: M = 1 + K views per example, the source view first."""
 
     rgb: Float[Array, "B M h w 3"]
@@ -94,7 +94,7 @@ def encode_batch(model: nnx.Module, batch: Batch, image_size: int) -> tuple[Avat
     z_drv = jax.tree.map(lambda x: x.reshape(b, k, *x.shape[1:]), model.motion(drv))
     return avatar, z_src, share_over_views(z_drv, batch["time"])
 
-def forward(model: nnx.Module, batch: Batch, res: int, image_size: int, mesh: Mesh | None) -> Rendered:
+def forward(model: nnx.Module, batch: Batch, res: int, image_size: int, mesh: Mesh | None) -> ForwardPass:
     """Renders each example at its source camera with its own motion and at its K target cameras with
     the driving motions, at ``res``; the targets resized to ``res``; the model's δf and overflow (a
     model whose ``animate`` gives no ``delta`` or ``overflow`` is an error)."""
@@ -115,9 +115,9 @@ def forward(model: nnx.Module, batch: Batch, res: int, image_size: int, mesh: Me
                          f"outputs (has {sorted(aux)}): the δf penalty and the overflow count need them")
     delta_f = aux["delta"]
     overflow = jnp.sum(aux["overflow"]).astype(jnp.int32)
-    return Rendered(rgb, target, z_src, z_drv, delta_f, overflow)
+    return ForwardPass(rgb, target, z_src, z_drv, delta_f, overflow)
 
-def loss_terms(out: Rendered, batch: Batch, nets: dict[str, L.Params]) -> dict[str, jax.Array]:
+def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params]) -> dict[str, jax.Array]:
     """Every loss term but the adversarial one (a term whose network is missing is 0)."""
     b, m, res = out.rgb.shape[0], out.rgb.shape[1], out.rgb.shape[2]
     pred = out.rgb.reshape(b * m, res, res, -1)
@@ -135,7 +135,7 @@ def loss_terms(out: Rendered, batch: Batch, nets: dict[str, L.Params]) -> dict[s
         "delta_f": jnp.mean(jnp.square(out.delta_f)),
     }
 
-def disc_inputs(out: Rendered) -> tuple[Float[Array, "N r r 3"], Float[Array, "N r r 3"], Float[Array, "N Z2"]]:
+def disc_inputs(out: ForwardPass) -> tuple[Float[Array, "N r r 3"], Float[Array, "N r r 3"], Float[Array, "N Z2"]]:
     """The discriminator's fake and real images (the K targets) and its condition [z_src, z_drv]."""
     b, m, res = out.rgb.shape[:3]
     k = m - 1

@@ -26,7 +26,7 @@ from jax_instant4d.train import losses as L
 from jax_instant4d.train.evaluate import Evaluator
 from jax_instant4d.train.forward import (
     Batch,
-    Rendered,
+    ForwardPass,
     disc_inputs,
     forward,
     loss_terms,
@@ -37,7 +37,7 @@ from jax_instant4d.train.setup import INIT_COMPILER_OPTIONS, LOSS_NAMES, ModelFa
 from jax_instant4d.train.sharding import batch_sharding, replicated
 from jax_instant4d.train.state import TrainState
 
-__all__ = ["INIT_COMPILER_OPTIONS", "LOSS_NAMES", "ModelFactory", "Rendered", "Trainer", "resolution_at",
+__all__ = ["INIT_COMPILER_OPTIONS", "LOSS_NAMES", "ModelFactory", "ForwardPass", "Trainer", "resolution_at",
            "share_over_views"]
 
 
