@@ -315,17 +315,23 @@ def _convert(text: str, current, key: str):
     raise ConfigError(f"--config.{key}: cannot override a value of type {type(current).__name__}")
 
 
+def parse_overrides(items, error: type[Exception] = ConfigError) -> dict[str, str]:
+    """``["train.steps=100", "--config.seed=1"]`` -> ``{"train.steps": "100", "seed": "1"}`` (values as
+    text); an item without ``=`` raises ``error``."""
+    pairs = {}
+    for item in items:
+        item = item[len("--config."):] if item.startswith("--config.") else item
+        if "=" not in item:
+            raise error(f"override {item!r} must look like key.sub=value")
+        k, v = item.split("=", 1)
+        pairs[k] = v
+    return pairs
+
+
 def apply_overrides(cfg: ConfigDict, overrides: dict[str, str] | list[str]) -> ConfigDict:
     """Applies ``{"train.steps": "100"}`` or ``["train.steps=100", ...]`` (strings converted by type)."""
     if isinstance(overrides, (list, tuple)):
-        pairs = {}
-        for item in overrides:
-            item = item[len("--config."):] if item.startswith("--config.") else item
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} must look like key.sub=value")
-            k, v = item.split("=", 1)
-            pairs[k] = v
-        overrides = pairs
+        overrides = parse_overrides(overrides)
     cfg = ConfigDict(cfg.to_dict())  # copy
     for key, text in overrides.items():
         node = cfg

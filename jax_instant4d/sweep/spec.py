@@ -38,7 +38,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jax_instant4d.config import ConfigDict, ConfigError, apply_overrides, load_config_file, load_python_file
+from jax_instant4d.config import (
+    ConfigDict,
+    ConfigError,
+    apply_overrides,
+    load_config_file,
+    load_python_file,
+    parse_overrides,
+)
 
 Value = str | int | float | bool | tuple | list | None
 
@@ -253,12 +260,7 @@ def load_sweep(path: str | Path, extra_overrides: Sequence[str] = ()) -> Sweep:
     fixed = dict(spec.get("fixed") or {})
     for k, v in fixed.items():
         _check_value(f"{where}: fixed", k, v)
-    for item in extra_overrides:
-        item = item[len("--config."):] if item.startswith("--config.") else item
-        if "=" not in item:
-            raise SweepError(f"override {item!r} must look like key.sub=value")
-        k, v = item.split("=", 1)
-        fixed[k] = v
+    fixed.update(parse_overrides(extra_overrides, SweepError))
     split = str(spec.get("split") or "heldout")
     eval_args = tuple(str(a) for a in (spec.get("eval_args") or ()))
 
