@@ -69,11 +69,12 @@ on_all() { tpu ssh "$TPU_NAME" --worker=all --command "$1"; }
 on_host() { tpu ssh "$TPU_NAME" --worker="$1" --command "$2"; }
 # The training command on one host: its pid in ~/instant4d.pid, its exit status in ~/instant4d.rc and as
 # the exit status of the shell (i.e. of the ssh session that runs it); output in ~/instant4d.log ($1 = 1:
-# also shown).
+# also shown; the log is created before the training starts, so the tail never looks for a file that is not
+# there yet).
 host_train() {
   local show=""
   [[ "$1" == 1 ]] && show="tail -n +1 -f --pid=\$pid ~/instant4d.log & "
-  echo "cd $REMOTE_DIR && rm -f ~/instant4d.rc && { $PYTHON -m jax_instant4d.cli train --config $CONFIG \
+  echo "cd $REMOTE_DIR && rm -f ~/instant4d.rc && : > ~/instant4d.log && { $PYTHON -m jax_instant4d.cli train --config $CONFIG \
     --workdir $WORKDIR --distributed on $OVERRIDES > ~/instant4d.log 2>&1 & pid=\$!; echo \$pid > ~/instant4d.pid; \
     $show wait \$pid; rc=\$?; echo \$rc > ~/instant4d.rc; exit \$rc; }"
 }
