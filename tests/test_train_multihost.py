@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 import pytest
 from fakes import FakeInstant4D, tiny_config
 
@@ -204,75 +203,18 @@ def _launch_real_data(tmp_path: Path, env: dict, workdir: Path, data_dir: Path, 
                             stdout=out, stderr=subprocess.STDOUT)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            continue
-        if ppid == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _worker_pid(launcher: subprocess.Popen, process_id: int) -> int:
-    for pid in _children(launcher.pid):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--process_id" in cmd and cmd[cmd.index(b"--process_id") + 1] == str(process_id).encode():
-            return pid
-    raise AssertionError(f"no process {process_id} under the launcher")
-
-
-def _params(workdir: Path, step: int) -> list:
-    cfg = tiny_config(workdir, mesh=(1, 1, 1))
-    _, state = restore_state(cfg, step, model_factory=FakeInstant4D, mesh=make_mesh((1, 1, 1), jax.devices()[:1]))
-    return jax.tree.leaves(jax.device_get(state.params))
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the launcher's processes in /proc")
-def test_first_run_on_empty_data_dir_then_kill9_of_one_process_and_resume(tmp_path, env):
+def test_first_run_where_generating_the_data_outlasts_gloos_30_s_set_up(tmp_path, env):
     """Two processes, the real grain pipeline, an empty data directory: process 0 generates the dataset
     (made to take over 30 s, gloo's limit for a collective's set-up) while process 1 waits through the
-    coordination service. Then a second run loses process 1 to kill -9 after its first checkpoint: the
-    launcher stops process 0 and exits non-zero; the same command resumes and ends with the losses of
-    every step and the final parameters of the uninterrupted first run, bit for bit."""
-    data_dir = tmp_path / "data"
+    coordination service; both finish. (Kill -9 and a bit-identical resume with the real model are
+    tests/test_train_real_multihost.py's.)"""
     first = tmp_path / "first"
-    proc = _launch_real_data(tmp_path, env, first, data_dir, "first", delay=30)
+    proc = _launch_real_data(tmp_path, env, first, tmp_path / "data", "first", delay=30)
     assert proc.wait(timeout=TIMEOUT) == 0, (tmp_path / "first.out").read_text()[-3000:]
     log1 = (tmp_path / "first" / "process_1.log").read_text()
     assert "process 1: waiting for process 0 to prepare the dataset (train split)" in log1
     assert "[process 1/2] finished at step 6" in log1
-    reference = {s: r["loss"] for s, r in read_metrics(first).items()}
-    assert sorted(reference) == list(range(1, 7))
-
-    second = tmp_path / "second"
-    proc = _launch_real_data(tmp_path, env, second, data_dir, "second")
-    deadline = time.monotonic() + TIMEOUT
-    while not (second / "checkpoints" / "2").is_dir():
-        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "second.out").read_text()[-3000:]
-        time.sleep(0.05)
-    victim = _worker_pid(proc, 1)
-    survivor = _worker_pid(proc, 0)
-    os.kill(victim, signal.SIGKILL)
-    rc = proc.wait(timeout=120)  # GRACE=3: process 0 gets SIGTERM, then SIGKILL
-    out = (tmp_path / "second.out").read_text()
-    assert rc != 0 and f"(pid {victim}) exited with" in out, out[-3000:]
-    assert not Path(f"/proc/{survivor}").exists() or "Z" in Path(f"/proc/{survivor}/stat").read_text().split()[2]
-
-    proc = _launch_real_data(tmp_path, env, second, data_dir, "second")
-    assert proc.wait(timeout=TIMEOUT) == 0, (tmp_path / "second.out").read_text()[-3000:]
-    assert re.search(r"resumed from checkpoint step [246]\b", (tmp_path / "second" / "process_0.log").read_text())
-    got = {s: r["loss"] for s, r in read_metrics(second).items()}
-    assert got == reference
-    lines = [ln for ln in (second / "metrics.jsonl").read_text().splitlines() if '"kind": "train"' in ln]
-    assert len(lines) == 6  # each step once, also those replayed after the resume
-    for a, b in zip(_params(first, 6), _params(second, 6), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert sorted(s for s, r in read_metrics(first).items()) == list(range(1, 7))
 
 
 def test_a_survivor_without_the_launcher_exits_within_the_heartbeat_bound(tmp_path, env):
