@@ -13,6 +13,7 @@ _REGISTRY = [
     ("data", "jax_instant4d.data.cli", "COMMAND"),
     ("train", "jax_instant4d.train.cli", "COMMAND"),
     ("eval", "jax_instant4d.eval.cli", "COMMAND"),
+    ("curves", "jax_instant4d.eval.curves", "COMMAND"),
     ("animate", "jax_instant4d.animate", "COMMAND"),
     ("export", "jax_instant4d.export.cli", "COMMAND"),
     ("sweep", "instant4d_launch.sweep_cli", "COMMAND"),
