@@ -203,7 +203,7 @@ def test_expression_regressor_trains_once_and_reports_its_accuracy(real_run):
     _workdir, cfg = real_run
     s = tiny_regressor(cfg)
     group = min(16, int(cfg.data.num_identities))
-    reg = expression.ensure_regressor(cfg.data.data_dir, s, backend=cfg.render.backend, group=group, log=None)
+    reg = expression.ensure_regressor(cfg.data.data_dir, s, backend=cfg.render.backend, group=group)
     path = expression.cache_path(cfg.data.data_dir, s)
     assert path.is_file() and reg.info["cached"] is False and reg.info["path"] == str(path)
     assert reg.info["final_loss"] < reg.info["first_loss"]
@@ -214,7 +214,7 @@ def test_expression_regressor_trains_once_and_reports_its_accuracy(real_run):
     lo, hi = expression.record.EXPRESSION_RANGES[:, 0], expression.record.EXPRESSION_RANGES[:, 1]
     assert np.all(pred >= lo) and np.all(pred <= hi)
     # cached: loaded, not retrained, same predictions
-    again = expression.ensure_regressor(cfg.data.data_dir, s, backend=cfg.render.backend, group=group, log=None)
+    again = expression.ensure_regressor(cfg.data.data_dir, s, backend=cfg.render.backend, group=group)
     assert again.info["cached"] is True
     np.testing.assert_allclose(again.predict(x[:4] / 255.0), pred[:4], atol=1e-6)
     # another setting is another file; the error is a plain mean absolute error
@@ -241,7 +241,7 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
     losses.save_weights(losses.init_lpips(0), lp)
     settings = tiny_regressor(cfg)
     seen = []
-    result = evaluate(workdir, "heldout", lpips_weights=str(lp), regressor=settings, timing_repeats=3, log=None,
+    result = evaluate(workdir, "heldout", lpips_weights=str(lp), regressor=settings, timing_repeats=3,
                       on_frames=lambda task, ci, ours, ref: seen.append((task, ci, ours, ref)))
     on_disk = json.loads((workdir / "eval_heldout.json").read_text())
     assert on_disk == json.loads(json.dumps(result))
@@ -267,7 +267,7 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
     # The frames it scored: self against the stored teacher views, cross against the ground truth of the
     # source identity performing the partner clip's expressions; metrics recomputed here independently.
     clips = read_clips(dataset_path(cfg), "test", res)
-    reg = expression.ensure_regressor(cfg.data.data_dir, settings, log=None)
+    reg = expression.ensure_regressor(cfg.data.data_dir, settings)
     lp_params = losses.load_weights(lp, "lpips")
     lpips_fn = run_lib._lpips  # the network is train.losses' (tested there); here: which frames, which mean
     assert sorted((task, ci) for task, ci, _o, _r in seen) == sorted(
@@ -398,7 +398,7 @@ def test_evaluate_without_ground_truth_reports_reference_free_metrics_only(real_
     read = run_lib.read_clips
     monkeypatch.setattr(run_lib, "read_clips", lambda *a, **k: [
         dataclasses.replace(c, expression=None, identity_params=None) for c in read(*a, **k)])
-    r = run_lib.evaluate(workdir, "test", write=False, log=None, timing_repeats=1, consistency=False)
+    r = run_lib.evaluate(workdir, "test", write=False, timing_repeats=1, consistency=False)
     n = 2 * int(cfg.data.time_steps) * int(cfg.data.views)
     assert r["self"]["num_frames"] == r["cross"]["num_frames"] == n
     assert r["self"]["psnr"] is not None and r["self"]["ssim"] is not None
@@ -416,11 +416,11 @@ def test_user_errors_name_what_is_wrong(real_run, tmp_path, capsys):
 
     workdir, _cfg = real_run
     with pytest.raises(ValueError, match="'validation2'"):
-        evaluate(workdir, "validation2", write=False, log=None)
+        evaluate(workdir, "validation2", write=False)
     with pytest.raises(FileNotFoundError, match="no_such_run"):
-        evaluate(tmp_path / "no_such_run", "heldout", write=False, log=None)
+        evaluate(tmp_path / "no_such_run", "heldout", write=False)
     with pytest.raises(FileNotFoundError, match="missing.npz"):
-        evaluate(workdir, "heldout", lpips_weights=str(tmp_path / "missing.npz"), write=False, log=None)
+        evaluate(workdir, "heldout", lpips_weights=str(tmp_path / "missing.npz"), write=False)
     assert main(["eval", "--checkpoint", str(tmp_path / "no_such_run")]) == 2
     assert "no_such_run" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(workdir), "--split", "bogus"]) == 2

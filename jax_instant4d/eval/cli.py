@@ -55,8 +55,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
                           max_clips=args.max_clips, lpips_weights=args.lpips_weights,
                           identity_weights=args.identity_weights, overrides=overrides,
                           expression=not args.no_expression, regressor=settings,
-                          consistency=not args.no_consistency, timing_repeats=args.timing_repeats,
-                          log=lambda m: print(m, file=sys.stderr, flush=True))
+                          consistency=not args.no_consistency, timing_repeats=args.timing_repeats)
     except (CheckpointNotFound, FileNotFoundError, ValueError) as e:
         print(f"instant4d eval: error: {e}", file=sys.stderr)
         return 2

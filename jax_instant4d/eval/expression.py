@@ -31,10 +31,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from jax_instant4d.image_metrics import resize_to
 
 REGRESSOR_VERSION = 2  # bump when the network, its training or its data change
 Params = dict[str, jax.Array]
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,8 @@ def expression_error(predicted: Float[np.ndarray, "B E"], truth: Float[np.ndarra
 # --------------------------------------------------------------------------------------------------
 
 
-def make_images(settings: RegressorSettings, split: str, backend: str = "auto", group: int | None = None,
-                log: Callable[[str], None] | None = None) -> tuple[UInt8[np.ndarray, "N R R 3"], np.ndarray]:
+def make_images(settings: RegressorSettings, split: str, backend: str = "auto", group: int | None = None
+                ) -> tuple[UInt8[np.ndarray, "N R R 3"], np.ndarray]:
     """Ground-truth renders and their expressions: ``split`` "train", "validation" or "test" (each of
     its own random identities)."""
     from jax_instant4d.render import orbit_camera
@@ -235,8 +236,8 @@ def make_images(settings: RegressorSettings, split: str, backend: str = "auto", 
     canon = groundtruth.canonicals(ids, group)
     images = groundtruth.render_frames(canon, which, expr, np.asarray(cam.world_to_cam), np.asarray(cam.intrinsics),
                                        s.resolution, backend)
-    if log is not None:
-        log(f"expression regressor: {n} {split} renders of {n_id} identities in {time.perf_counter() - t0:.1f} s")
+    logger.info("expression regressor: %d %s renders of %d identities in %.1f s", n, split, n_id,
+                time.perf_counter() - t0)
     return images, expr
 
 
@@ -247,18 +248,17 @@ def mirror(images: UInt8[np.ndarray, "B H W 3"] | Float[np.ndarray, "B H W 3"], 
     return np.ascontiguousarray(np.asarray(images)[..., ::-1, :]), record.mirror_expression(expr)
 
 
-def train_regressor(settings: RegressorSettings, backend: str = "auto", group: int | None = None,
-                    log: Callable[[str], None] | None = None) -> Regressor:
+def train_regressor(settings: RegressorSettings, backend: str = "auto", group: int | None = None) -> Regressor:
     """Generates the renders, trains (AdamW, cosine decay, MSE on the normalised parameters), keeps the
     network's output for the parameters where it beats the training median on the validation
     identities (the median elsewhere), measures the accuracy on the test identities. Not cached: see
     :func:`ensure_regressor`."""
     s = settings
     t0 = time.perf_counter()
-    x_train, e_train = make_images(s, "train", backend, group, log)
+    x_train, e_train = make_images(s, "train", backend, group)
     x_train = np.ascontiguousarray(centre_crop(x_train, s.crop))  # what the network sees
-    x_val, e_val = make_images(s, "validation", backend, group, log)
-    x_test, e_test = make_images(s, "test", backend, group, log)
+    x_val, e_val = make_images(s, "validation", backend, group)
+    x_test, e_test = make_images(s, "test", backend, group)
     tx = optax.adamw(optax.cosine_decay_schedule(s.learning_rate, s.steps, alpha=0.05), weight_decay=s.weight_decay)
     params = init_params(s, jax.random.key(s.seed))
     opt = tx.init(params)
@@ -294,8 +294,8 @@ def train_regressor(settings: RegressorSettings, backend: str = "auto", group: i
         params, opt, loss = step(params, opt, jnp.asarray(xb), jnp.asarray(normalise(eb)), coarse)
         if i == 0:
             first = float(loss)
-        if log is not None and (i + 1) % max(1, s.steps // 5) == 0:
-            log(f"expression regressor: step {i + 1}/{s.steps} loss {float(loss):.4f}")
+        if (i + 1) % max(1, s.steps // 5) == 0:
+            logger.info("expression regressor: step %d/%d loss %.4f", i + 1, s.steps, float(loss))
     last = float(loss)
     train_time = time.perf_counter() - t1
     median = np.median(e_train, axis=0).astype(np.float32)  # the best constant for an MAE
@@ -319,9 +319,8 @@ def train_regressor(settings: RegressorSettings, backend: str = "auto", group: i
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()},
         "version": REGRESSOR_VERSION,
     }
-    if log is not None:
-        log(f"expression regressor: held-out MAE {info['test_mae']:.4f} (predicting the median: "
-            f"{info['baseline_mae']:.4f}); {info['train_seconds']:.0f} s in all")
+    logger.info("expression regressor: held-out MAE %.4f (predicting the median: %.4f); %.0f s in all",
+                info["test_mae"], info["baseline_mae"], info["train_seconds"])
     return Regressor(s, jax.device_get(params), info)
 
 
@@ -352,7 +351,7 @@ def load_regressor(path: str | os.PathLike, settings: RegressorSettings) -> Regr
 
 
 def ensure_regressor(data_dir: str | os.PathLike, settings: RegressorSettings | None = None, backend: str = "auto",
-                     group: int | None = None, log: Callable[[str], None] | None = None) -> Regressor:
+                     group: int | None = None) -> Regressor:
     """The cached regressor of ``settings`` under ``data_dir``, trained (and cached) first if missing."""
     settings = settings or RegressorSettings()
     path = cache_path(data_dir, settings)
@@ -360,9 +359,8 @@ def ensure_regressor(data_dir: str | os.PathLike, settings: RegressorSettings | 
         reg = load_regressor(path, settings)
         reg.info = {**reg.info, "path": str(path), "cached": True}
         return reg
-    if log is not None:
-        log(f"expression regressor: training ({settings.key}), cached at {path}")
-    reg = train_regressor(settings, backend, group, log)
+    logger.info("expression regressor: training (%s), cached at %s", settings.key, path)
+    reg = train_regressor(settings, backend, group)
     save_regressor(reg, path)
     reg.info = {**reg.info, "path": str(path), "cached": False}
     return reg

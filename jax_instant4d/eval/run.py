@@ -33,20 +33,31 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, Int
 
 from jax_instant4d import perceptual, render
+from jax_instant4d.config import ConfigDict
 from jax_instant4d.eval import consistency as cons
 from jax_instant4d.eval import expression as expr_lib
 from jax_instant4d.eval import groundtruth, metrics
 from jax_instant4d.image_metrics import resize_to
+from jax_instant4d.perceptual import Params
+
+if TYPE_CHECKING:
+    from jax_instant4d.model.avatar import Avatar
+    from jax_instant4d.model.fusion import Motion
+
+logger = logging.getLogger(__name__)
 
 METRIC_KEYS = ("psnr", "ssim", "lpips", "identity", "expression_error", "expression_error_teacher", "consistency")
 CONSISTENCY_DEGREES = 15.0
@@ -271,40 +282,29 @@ def _timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     return (time.perf_counter() - t0) / max(repeats, 1)
 
 
-def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None = None,
-             out: str | Path | None = None, markdown: str | Path | None = None, max_clips: int | None = None,
-             lpips_weights: str | None = None, identity_weights: str | None = None,
-             overrides: list[str] | None = None, expression: bool = True,
-             regressor: expr_lib.RegressorSettings | None = None, consistency: bool = True,
-             consistency_degrees: float = CONSISTENCY_DEGREES, timing_repeats: int = 20, write: bool = True,
-             frames_per_call: int = 8, log: Callable[[str], None] | None = print,
-             on_frames: Callable[[str, int, np.ndarray, np.ndarray | None], None] | None = None) -> dict:
-    """Evaluates a checkpoint on a split; returns the result dict (the JSON's content) and, with
-    ``write``, writes it to ``out`` (default ``<workdir>/eval_<split>.json``) and the markdown table to
-    ``markdown`` (default ``<workdir>/eval_<split>.md``). See the module docstring for the protocol.
+# --------------------------------------------------------------------------------------------------
+# The run's stages: arguments, loss networks, regressor and notes, the reenactments, speed, the result
+# --------------------------------------------------------------------------------------------------
 
-    ``overrides`` are config overrides (``"render.backend=xla"``) applied on top of the checkpoint's
-    saved config; ``regressor`` sets the expression regressor (default :class:`RegressorSettings`
-    with the config's camera model). ``on_frames(task, clip_index, ours, reference)`` (optional) sees
-    every batch of frames (``[K, R, R, 3]`` in [0, 1]; reference None where there is none); frames are
-    rendered ``frames_per_call`` at a time (memory: every target animates its own Gaussians). The frames
-    expressions are read from come as tasks ``"self-expression"`` / ``"cross-expression"`` (ours) and
-    ``"...-expression-undriven"``, with their reference."""
-    from jax_instant4d.data.pipeline import ensure_dataset, resolve_split
-    from jax_instant4d.eval import paper
 
-    say = log or (lambda _m: None)
+def _check_arguments(split: str, max_clips: int | None, lpips_weights: str | None,
+                     identity_weights: str | None) -> str:
+    """The dataset split ``split`` names; errors a user can cause, raised before the (slow) model load."""
+    from jax_instant4d.data.pipeline import resolve_split
+
     data_split = resolve_split(split)  # ValueError naming the split
     if max_clips is not None and int(max_clips) < 1:
         raise ValueError(f"--max-clips must be >= 1, got {max_clips}")
     for given, what in ((lpips_weights, "lpips"), (identity_weights, "identity")):
-        if given and not Path(given).expanduser().is_file():  # before the (slow) model load
+        if given and not Path(given).expanduser().is_file():
             raise FileNotFoundError(f"{what} weights file not found: {given}")
-    trained, runner = _load(checkpoint, step, overrides)
-    cfg, model = trained.cfg, trained.model
-    workdir = trained.checkpoints.parent
-    notes: list[str] = []
+    return data_split
 
+
+def _perceptual_networks(cfg: ConfigDict, lpips_weights: str | None, identity_weights: str | None,
+                         notes: list[str]) -> tuple[Params | None, Params | None]:
+    """(LPIPS-VGG, face-recognition) parameters from the given files, else the run's
+    ``train.loss.*_weights``; None where there is no file. Appends a note on each to ``notes``."""
     lpips_path = lpips_weights or str(cfg.train.loss.lpips_weights or "")
     id_path = identity_weights or str(cfg.train.loss.identity_weights or "")
     lpips_params = _load_net(lpips_path, "lpips") if lpips_path else None
@@ -319,20 +319,18 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
     else:
         notes.append(f"identity: cosine similarity of IResNet-{cfg.train.loss.identity_depth} embeddings "
                      f"({id_path}) of each output and the source portrait")
+    return lpips_params, id_params
 
-    path = ensure_dataset(cfg, progress=False)
-    res = int(cfg.data.resolution)
-    clips = read_clips(path, data_split, res, max_clips)
-    say(f"eval: {len(clips)} clips of {cfg.data.dataset} {data_split} ({path}) at {res}x{res}, "
-        f"checkpoint step {trained.step}")
-    synthetic = all(c.expression is not None for c in clips)
-    backend = str(cfg.render.backend)
-    group = min(16, int(cfg.data.num_identities)) if cfg.data.dataset == "synthetic_heads" else None
 
-    reg, expr_res = None, None
+def _expression_regressor(cfg: ConfigDict, synthetic: bool, expression: bool,
+                          settings: expr_lib.RegressorSettings | None, backend: str, group: int | None,
+                          notes: list[str]) -> tuple[expr_lib.Regressor | None, int | None]:
+    """(regressor, its input resolution) where the expression error is measured (on by ``expression``,
+    ground-truth expressions in every clip: ``synthetic``), trained and cached first if needed; else
+    (None, None). Appends a note on the metric to ``notes``."""
     if expression and synthetic:
-        settings = regressor or expr_lib.settings_for(cfg)
-        reg = expr_lib.ensure_regressor(cfg.data.data_dir, settings, backend=backend, group=group, log=say)
+        settings = settings or expr_lib.settings_for(cfg)
+        reg = expr_lib.ensure_regressor(cfg.data.data_dir, settings, backend=backend, group=group)
         expr_res = int(settings.resolution)
         notes.append(f"expression_error: mean |regressor(frame) - ground-truth expression| over the 14 parameters, "
                      f"read at {expr_res}x{expr_res} at the frontal camera, one frame per time step (ours, ours "
@@ -340,11 +338,18 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
                      f"parameters); the regressor's own error on held-out "
                      f"ground-truth renders is {reg.info['test_mae']:.4f} (predicting the median: "
                      f"{reg.info['baseline_mae']:.4f}), the metric's floor")
-    elif not expression:
+        return reg, expr_res
+    if not expression:
         notes.append("expression_error: not computed (switched off)")
     else:
         notes.append("expression_error: absent, the dataset has no ground-truth expressions (synthetic_heads only)")
-    if consistency:
+    return None, None
+
+
+def _protocol_notes(consistency_degrees: float | None, synthetic: bool) -> list[str]:
+    """Notes on the consistency score (None: switched off) and on the references of each task."""
+    notes = []
+    if consistency_degrees is not None:
         notes.append(f"consistency: mean |surface colour difference| between each rendered view and the view "
                      f"orbited {consistency_degrees:g} deg towards the front, through our own expected depth "
                      f"(co-visible pixels with alpha > {cons.ALPHA_MIN}, both directions; 0 = consistent); a "
@@ -361,106 +366,183 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
                      "driving clip's expressions at the source clip's teacher cameras")
     else:
         notes.append("cross: no reference frames for real teacher clips (psnr, ssim, lpips, expression absent)")
+    return notes
 
-    size = int(cfg.model.image_size)
-    acc = {"self": _Accumulator(), "cross": _Accumulator()}
-    partners = cross_partners([c.identity for c in clips])
-    if all(p is None for p in partners):
-        notes.append("cross: skipped, the evaluated clips share one source identity")
-    motions = {}
 
-    def motion_of(k: int):
-        if k not in motions:
-            motions[k] = runner.motion(_resize(clips[k].driving, size))
-        return motions[k]
+@dataclasses.dataclass(frozen=True)
+class _Scorers:
+    """What each batch of rendered frames is measured with (None: that measurement is off or absent)."""
 
-    canon = None
-    if synthetic:
-        uniq, inverse = np.unique(np.stack([c.identity_params for c in clips]), axis=0, return_inverse=True)
-        canon, canon_of_clip = groundtruth.canonicals(uniq, group), inverse.reshape(-1)
-    def frame_batch(a: _Accumulator, mode: str, ci: int, di: int, idx: np.ndarray, chunk: int, avatar) -> None:
+    lpips: Params | None  # LPIPS-VGG parameters
+    identity: Params | None  # face-recognition parameters
+    consistency_degrees: float | None  # the partner view's orbit towards the front; None: no consistency score
+    regressor: expr_lib.Regressor | None  # the expression regressor; None: no expression error
+    expression_resolution: int | None  # the regressor's input resolution
+    expression_camera: render.Camera | None  # where the regressor reads expressions: the frontal camera
+
+
+def _frontal_camera(cfg: ConfigDict, size: int) -> render.Camera:
+    """The data's camera model at yaw = pitch = 0, ``size`` pixels: where the expression regressor reads expressions."""
+    return render.orbit_camera(jnp.zeros((1,), jnp.float32), jnp.zeros((1,), jnp.float32),
+                               radius=float(cfg.render.camera_radius), fov_degrees=float(cfg.render.fov_degrees),
+                               size=size)
+
+
+FrameCallback = Callable[[str, int, np.ndarray, np.ndarray | None], None]
+
+
+class _Reenactment:
+    """Self- and cross-reenactment of ``clips`` (see the module docstring) with one model: :meth:`run`
+    renders every evaluated frame and adds its metrics to ``tasks["self"]`` / ``tasks["cross"]``.
+
+    Each clip's source is encoded once; each driving clip's motion codes are computed once (``motion_of``).
+    ``res`` is the evaluation resolution (the dataset's), ``size`` the model's input size."""
+
+    def __init__(self, runner: _Model, clips: list[Clip], scorers: _Scorers, *, size: int, res: int, backend: str,
+                 group: int | None, on_frames: FrameCallback | None = None):
+        self.runner, self.clips, self.scorers = runner, clips, scorers
+        self.size, self.res, self.backend, self.on_frames = size, res, backend, on_frames
+        self.tasks = {"self": _Accumulator(), "cross": _Accumulator()}
+        self.partners = cross_partners([c.identity for c in clips])
+        self._motions: dict[int, Motion] = {}
+        self.synthetic = all(c.expression is not None for c in clips)
+        self.canon, self.canon_of_clip = None, None  # the ground truth's canonical heads, one per identity
+        if self.synthetic:
+            uniq, inverse = np.unique(np.stack([c.identity_params for c in clips]), axis=0, return_inverse=True)
+            self.canon, self.canon_of_clip = groundtruth.canonicals(uniq, group), inverse.reshape(-1)
+        self.expr_chunk = max(c.num_times for c in clips)  # expressions: one frame per time step
+
+    def run(self, frames_per_call: int) -> None:
+        """Every clip against itself and against its cross partner; frames rendered ``frames_per_call``
+        at a time (memory: every target animates its own Gaussians)."""
+        t_start = time.perf_counter()
+        for ci, clip in enumerate(self.clips):
+            avatar = self.runner.encode(_resize(clip.source[None], self.size))
+            modes = [("self", ci)] + ([("cross", self.partners[ci])] if self.partners[ci] is not None else [])
+            for mode, di in modes:
+                tc = min(clip.num_times, self.clips[di].num_times)
+                total = tc * clip.num_views
+                chunk = max(1, min(int(frames_per_call), total))
+                for start in range(0, total, chunk):
+                    self.frames(mode, ci, di, np.arange(start, min(start + chunk, total)), chunk, avatar)
+                if self.scorers.regressor is not None and self.clips[di].expression is not None:
+                    self.expressions(mode, ci, di, tc, avatar)
+            logger.info("eval: clip %d/%d %s (%.0f s)", ci + 1, len(self.clips), clip.clip_id,
+                        time.perf_counter() - t_start)
+
+    def motion_of(self, k: int) -> Motion:
+        """The motion codes of clip ``k``'s driving frames."""
+        if k not in self._motions:
+            self._motions[k] = self.runner.motion(_resize(self.clips[k].driving, self.size))
+        return self._motions[k]
+
+    def ground_truth(self, ci: int, expressions: Float[np.ndarray, "K E"], w2c: Float[np.ndarray, "K 4 4"],
+                     intrinsics: Float[np.ndarray, "K 4"], size: int) -> Float[np.ndarray, "K S S 3"]:
+        """Clip ``ci``'s identity performing ``expressions`` at the cameras (synthetic clips only), in [0, 1]."""
+        return groundtruth.render_frames(self.canon, np.full(len(expressions), self.canon_of_clip[ci]), expressions,
+                                         w2c, intrinsics, size, self.backend).astype(np.float32) / 255.0
+
+    def frames(self, mode: str, ci: int, di: int, idx: Int[np.ndarray, " K"], chunk: int, avatar: Avatar) -> None:
         """Renders targets ``idx`` of clip ``ci`` driven by clip ``di`` (padded to ``chunk`` frames: one
-        compiled shape) and adds their metrics to ``a``."""
-        clip, drv, n = clips[ci], clips[di], len(idx)
+        compiled shape) and adds their metrics to the task ``mode``'s accumulator."""
+        a, clip, drv, n = self.tasks[mode], self.clips[ci], self.clips[di], len(idx)
         pad = np.concatenate([idx, np.repeat(idx[-1:], chunk - n)])
-        times = idx // clip.num_views
-        z = jax.tree.map(lambda x: x[pad // clip.num_views][None], motion_of(di))  # [1, K, ...]
-        w2c, intr = clip.target_w2c[idx], clip.target_intrinsics[idx]
-        rgb, alpha, depth = runner.animate(avatar, z, jnp.asarray(clip.target_w2c[pad])[None],
-                                           jnp.asarray(clip.target_intrinsics[pad])[None], res)
+        z = jax.tree.map(lambda x: x[pad // clip.num_views][None], self.motion_of(di))  # [1, K, ...]
+        rgb, alpha, depth = self.runner.animate(avatar, z, jnp.asarray(clip.target_w2c[pad])[None],
+                                                jnp.asarray(clip.target_intrinsics[pad])[None], self.res)
         rgb, alpha, depth = jnp.clip(rgb[0, :n], 0.0, 1.0), alpha[0, :n], depth[0, :n]
         a.frames += n
         a.frame_ids += [f"{clip.clip_id}/{mode}/{drv.clip_id}/{i}" for i in idx]
         if mode == "self":
             ref = jnp.asarray(clip.targets[idx])
-            # The baselines: the same avatar undriven (z_drv = z_src) and the source image itself.
-            z_und = jax.tree.map(lambda s: jnp.broadcast_to(s[:, None], (1, chunk) + s.shape[1:]), avatar.z_src)
-            rgb_u = runner.animate(avatar, z_und, jnp.asarray(clip.target_w2c[pad])[None],
-                                   jnp.asarray(clip.target_intrinsics[pad])[None], res)[0]
-            rgb_u = jnp.clip(rgb_u[0, :n], 0.0, 1.0)
-            src = jnp.broadcast_to(jnp.asarray(clip.source)[None], ref.shape)
-            a.add("psnr_undriven", metrics.psnr(rgb_u, ref))
-            a.add("psnr_source", metrics.psnr(src, ref))
-            pairs = [("region_psnr", rgb, ref), ("region_psnr_undriven", rgb_u, ref), ("region_psnr_source", src, ref)]
-            if synthetic:  # the ceiling: the undriven avatar against the ground truth at the source's expression
-                still = jnp.asarray(groundtruth.render_frames(
-                    canon, np.full(n, canon_of_clip[ci]), np.repeat(clip.source_expression[None], n, 0), w2c, intr,
-                    res, backend).astype(np.float32) / 255.0)
-                a.add("psnr_ceiling", metrics.psnr(rgb_u, still))
-                pairs.append(("region_psnr_ceiling", rgb_u, still))
-            if clip.target_regions is not None:
-                mask = jnp.asarray(clip.target_regions[idx])
-                for key, img, against in pairs:
-                    a.add(key, metrics.masked_psnr(img, against, mask))
-        elif synthetic:
-            ref = jnp.asarray(groundtruth.render_frames(
-                canon, np.full(n, canon_of_clip[ci]), drv.expression[times], w2c, intr, res, backend
-            ).astype(np.float32) / 255.0)
+            self._baselines(a, ci, idx, pad, avatar, rgb, ref)
+        elif self.synthetic:
+            times = idx // clip.num_views
+            ref = jnp.asarray(self.ground_truth(ci, drv.expression[times], clip.target_w2c[idx],
+                                                clip.target_intrinsics[idx], self.res))
         else:
             ref = None
-        if on_frames is not None:
-            on_frames(mode, ci, np.asarray(rgb), None if ref is None else np.asarray(ref))
+        if self.on_frames is not None:
+            self.on_frames(mode, ci, np.asarray(rgb), None if ref is None else np.asarray(ref))
+        self._image_scores(a, clip, rgb, ref)
+        if self.scorers.consistency_degrees is not None:
+            self._consistency(a, clip, idx, pad, avatar, z, rgb, alpha, depth)
+
+    def _baselines(self, a: _Accumulator, ci: int, idx: Int[np.ndarray, " K"], pad: Int[np.ndarray, " C"],
+                   avatar: Avatar, rgb: Float[Array, "K R R 3"], ref: Float[Array, "K R R 3"]) -> None:
+        """Self-reenactment's baselines on the frames ``idx``: the same avatar undriven (z_drv = z_src) and the
+        source image itself; the ceiling (synthetic); the eye + mouth PSNRs (clips that record regions)."""
+        clip, n, chunk = self.clips[ci], len(idx), len(pad)
+        z_und = jax.tree.map(lambda s: jnp.broadcast_to(s[:, None], (1, chunk) + s.shape[1:]), avatar.z_src)
+        rgb_u = self.runner.animate(avatar, z_und, jnp.asarray(clip.target_w2c[pad])[None],
+                                    jnp.asarray(clip.target_intrinsics[pad])[None], self.res)[0]
+        rgb_u = jnp.clip(rgb_u[0, :n], 0.0, 1.0)
+        src = jnp.broadcast_to(jnp.asarray(clip.source)[None], ref.shape)
+        a.add("psnr_undriven", metrics.psnr(rgb_u, ref))
+        a.add("psnr_source", metrics.psnr(src, ref))
+        pairs = [("region_psnr", rgb, ref), ("region_psnr_undriven", rgb_u, ref), ("region_psnr_source", src, ref)]
+        if self.synthetic:  # the ceiling: the undriven avatar against the ground truth at the source's expression
+            still = jnp.asarray(self.ground_truth(ci, np.repeat(clip.source_expression[None], n, 0),
+                                                  clip.target_w2c[idx], clip.target_intrinsics[idx], self.res))
+            a.add("psnr_ceiling", metrics.psnr(rgb_u, still))
+            pairs.append(("region_psnr_ceiling", rgb_u, still))
+        if clip.target_regions is not None:
+            mask = jnp.asarray(clip.target_regions[idx])
+            for key, img, against in pairs:
+                a.add(key, metrics.masked_psnr(img, against, mask))
+
+    def _image_scores(self, a: _Accumulator, clip: Clip, rgb: Float[Array, "K R R 3"],
+                      ref: Float[Array, "K R R 3"] | None) -> None:
+        """PSNR, SSIM and LPIPS against the reference (where there is one); identity similarity to the source."""
         if ref is not None:
             p, s = _image_metrics(rgb, ref)
             a.add("psnr", p)
             a.add("ssim", s)
-            if lpips_params is not None:
-                a.add("lpips", _lpips(lpips_params, rgb, ref))
-        if id_params is not None:
-            a.add("identity", _identity(id_params, rgb, jnp.broadcast_to(jnp.asarray(clip.source[None]), rgb.shape)))
-        if consistency:
-            cam = render.Camera(jnp.asarray(clip.target_w2c[pad]), jnp.asarray(clip.target_intrinsics[pad]))
-            cam_b = cons.orbit_about_up(cam, cons.partner_yaw(cam, consistency_degrees))
-            rgb_b, alpha_b, depth_b = runner.animate(avatar, z, cam_b.world_to_cam[None], cam_b.intrinsics[None], res)
-            total, count, cover = jax.device_get(_consistency(
-                rgb, alpha, depth, jnp.clip(rgb_b[0, :n], 0.0, 1.0), alpha_b[0, :n], depth_b[0, :n],
-                jnp.asarray(w2c), jnp.asarray(intr), cam_b.world_to_cam[:n], cam_b.intrinsics[:n]))
-            a.cons_total += float(np.sum(total))
-            a.cons_count += float(np.sum(count))
-            a.coverage.append(np.asarray(cover))
+            if self.scorers.lpips is not None:
+                a.add("lpips", _lpips(self.scorers.lpips, rgb, ref))
+        if self.scorers.identity is not None:
+            a.add("identity", _identity(self.scorers.identity, rgb,
+                                        jnp.broadcast_to(jnp.asarray(clip.source[None]), rgb.shape)))
 
-    def expression_batch(a: _Accumulator, mode: str, ci: int, di: int, tc: int, avatar) -> None:
+    def _consistency(self, a: _Accumulator, clip: Clip, idx: Int[np.ndarray, " K"], pad: Int[np.ndarray, " C"],
+                     avatar: Avatar, z: Motion, rgb: Float[Array, "K R R 3"], alpha: Float[Array, "K R R"],
+                     depth: Float[Array, "K R R"]) -> None:
+        """The frames ``idx`` against the same frames seen from their partner cameras (orbited towards the front)."""
+        n = len(idx)
+        cam = render.Camera(jnp.asarray(clip.target_w2c[pad]), jnp.asarray(clip.target_intrinsics[pad]))
+        cam_b = cons.orbit_about_up(cam, cons.partner_yaw(cam, self.scorers.consistency_degrees))
+        rgb_b, alpha_b, depth_b = self.runner.animate(avatar, z, cam_b.world_to_cam[None], cam_b.intrinsics[None],
+                                                      self.res)
+        total, count, cover = jax.device_get(_consistency(
+            rgb, alpha, depth, jnp.clip(rgb_b[0, :n], 0.0, 1.0), alpha_b[0, :n], depth_b[0, :n],
+            jnp.asarray(clip.target_w2c[idx]), jnp.asarray(clip.target_intrinsics[idx]), cam_b.world_to_cam[:n],
+            cam_b.intrinsics[:n]))
+        a.cons_total += float(np.sum(total))
+        a.cons_count += float(np.sum(count))
+        a.coverage.append(np.asarray(cover))
+
+    def expressions(self, mode: str, ci: int, di: int, tc: int, avatar: Avatar) -> None:
         """Expression errors of clip ``ci`` driven by clip ``di``, one frame per time step, read where the
-        regressor reads expressions: at ``expr_res`` and at the frontal camera (yaw = pitch = 0). Ours and
+        regressor reads expressions: at its resolution and at the frontal camera (yaw = pitch = 0). Ours and
         the same avatar undriven (z_drv = z_src) are rendered there, and so is the reference, from the
         ground-truth parameters (the source identity performing the driving expression: what the teacher
         shows)."""
-        drv = clips[di]
+        a, drv, reg, size = self.tasks[mode], self.clips[di], self.scorers.regressor, self.scorers.expression_resolution
+        chunk = self.expr_chunk
         times = np.arange(tc)
-        pad = np.concatenate([times, np.repeat(times[-1:], expr_chunk - tc)])
+        pad = np.concatenate([times, np.repeat(times[-1:], chunk - tc)])
         truth = drv.expression[times]
-        z = jax.tree.map(lambda x: x[pad][None], motion_of(di))  # [1, K, ...]
-        z_und = jax.tree.map(lambda s: jnp.broadcast_to(s[:, None], (1, expr_chunk) + s.shape[1:]), avatar.z_src)
-        w2c = jnp.broadcast_to(expr_cam.world_to_cam, (1, expr_chunk, 4, 4))
-        intr = jnp.broadcast_to(expr_cam.intrinsics, (1, expr_chunk, 4))
-        ours = jnp.clip(runner.animate(avatar, z, w2c, intr, expr_res)[0][0, :tc], 0.0, 1.0)
-        und = jnp.clip(runner.animate(avatar, z_und, w2c, intr, expr_res)[0][0, :tc], 0.0, 1.0)
-        ref = groundtruth.render_frames(canon, np.full(tc, canon_of_clip[ci]), truth,
-                                        np.asarray(w2c[0, :tc]), np.asarray(intr[0, :tc]), expr_res,
-                                        backend).astype(np.float32) / 255.0
-        if on_frames is not None:
-            on_frames(f"{mode}-expression", ci, np.asarray(ours), ref)
-            on_frames(f"{mode}-expression-undriven", ci, np.asarray(und), ref)
+        z = jax.tree.map(lambda x: x[pad][None], self.motion_of(di))  # [1, K, ...]
+        z_und = jax.tree.map(lambda s: jnp.broadcast_to(s[:, None], (1, chunk) + s.shape[1:]), avatar.z_src)
+        cam = self.scorers.expression_camera
+        w2c = jnp.broadcast_to(cam.world_to_cam, (1, chunk, 4, 4))
+        intr = jnp.broadcast_to(cam.intrinsics, (1, chunk, 4))
+        ours = jnp.clip(self.runner.animate(avatar, z, w2c, intr, size)[0][0, :tc], 0.0, 1.0)
+        und = jnp.clip(self.runner.animate(avatar, z_und, w2c, intr, size)[0][0, :tc], 0.0, 1.0)
+        ref = self.ground_truth(ci, truth, np.asarray(w2c[0, :tc]), np.asarray(intr[0, :tc]), size)
+        if self.on_frames is not None:
+            self.on_frames(f"{mode}-expression", ci, np.asarray(ours), ref)
+            self.on_frames(f"{mode}-expression-undriven", ci, np.asarray(und), ref)
         pred = reg.predict(ours)
         a.add("expression_error", expr_lib.expression_error(pred, truth))
         a.expr_abs.append(np.abs(pred - truth))
@@ -468,42 +550,84 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
         a.add("expression_error_teacher", expr_lib.expression_error(reg.predict(ref), truth))
         a.expression_frames += tc
 
-    if reg is not None:
-        expr_chunk = max(c.num_times for c in clips)
-        expr_cam = render.orbit_camera(jnp.zeros((1,), jnp.float32), jnp.zeros((1,), jnp.float32),
-                                       radius=float(cfg.render.camera_radius),
-                                       fov_degrees=float(cfg.render.fov_degrees), size=expr_res)
-    t_start = time.perf_counter()
-    for ci, clip in enumerate(clips):
-        avatar = runner.encode(_resize(clip.source[None], size))
-        modes = [("self", ci)] + ([("cross", partners[ci])] if partners[ci] is not None else [])
-        for mode, di in modes:
-            drv = clips[di]
-            tc = min(clip.num_times, drv.num_times)
-            total = tc * clip.num_views
-            chunk = max(1, min(int(frames_per_call), total))
-            for start in range(0, total, chunk):
-                frame_batch(acc[mode], mode, ci, di, np.arange(start, min(start + chunk, total)), chunk, avatar)
-            if reg is not None and drv.expression is not None:
-                expression_batch(acc[mode], mode, ci, di, tc, avatar)
-        say(f"eval: clip {ci + 1}/{len(clips)} {clip.clip_id} ({time.perf_counter() - t_start:.0f} s)")
 
-    # Speed: batch 1, after warm-up, on the default device.
-    clip = clips[0]
+def _speed(runner: _Model, clip: Clip, size: int, res: int, repeats: int) -> tuple[float, float]:
+    """Seconds per animate call and per encode call: batch 1 at ``size``, jitted, after warm-up, on the
+    default device (clip ``clip``'s source, first driving frame and first target camera)."""
     src = _resize(clip.source[None], size)
     avatar = runner.encode(src)
     z1 = jax.tree.map(lambda x: x[:1], runner.motion(_resize(clip.driving[:1], size)))
     w2c1 = jnp.asarray(clip.target_w2c[:1])
     intr1 = jnp.asarray(render.scale_intrinsics(clip.target_intrinsics[:1], res, size))
-    anim_s = _timed(lambda: runner.animate(avatar, z1, w2c1, intr1, size), max(1, timing_repeats))
-    enc_s = _timed(lambda: runner.encode(src), max(1, min(timing_repeats, 10)))
+    anim_s = _timed(lambda: runner.animate(avatar, z1, w2c1, intr1, size), max(1, repeats))
+    enc_s = _timed(lambda: runner.encode(src), max(1, min(repeats, 10)))
+    return anim_s, enc_s
+
+
+def _write(result: dict, json_path: Path, markdown_path: Path) -> None:
+    from jax_instant4d.eval import paper
+
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
+    markdown_path.write_text(paper.markdown_report(result))
+    logger.info("eval: wrote %s and %s", json_path, markdown_path)
+
+
+def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None = None,
+             out: str | Path | None = None, markdown: str | Path | None = None, max_clips: int | None = None,
+             lpips_weights: str | None = None, identity_weights: str | None = None,
+             overrides: list[str] | None = None, expression: bool = True,
+             regressor: expr_lib.RegressorSettings | None = None, consistency: bool = True,
+             consistency_degrees: float = CONSISTENCY_DEGREES, timing_repeats: int = 20, write: bool = True,
+             frames_per_call: int = 8, on_frames: FrameCallback | None = None) -> dict:
+    """Evaluates a checkpoint on a split; returns the result dict (the JSON's content) and, with
+    ``write``, writes it to ``out`` (default ``<workdir>/eval_<split>.json``) and the markdown table to
+    ``markdown`` (default ``<workdir>/eval_<split>.md``). See the module docstring for the protocol;
+    progress is logged (``jax_instant4d.eval.run``, INFO).
+
+    ``overrides`` are config overrides (``"render.backend=xla"``) applied on top of the checkpoint's
+    saved config; ``regressor`` sets the expression regressor (default :class:`RegressorSettings`
+    with the config's camera model). ``on_frames(task, clip_index, ours, reference)`` (optional) sees
+    every batch of frames (``[K, R, R, 3]`` in [0, 1]; reference None where there is none); frames are
+    rendered ``frames_per_call`` at a time (memory: every target animates its own Gaussians). The frames
+    expressions are read from come as tasks ``"self-expression"`` / ``"cross-expression"`` (ours) and
+    ``"...-expression-undriven"``, with their reference."""
+    from jax_instant4d.data.pipeline import ensure_dataset
+
+    data_split = _check_arguments(split, max_clips, lpips_weights, identity_weights)
+    trained, runner = _load(checkpoint, step, overrides)
+    cfg = trained.cfg
+    notes: list[str] = []
+    lpips_params, id_params = _perceptual_networks(cfg, lpips_weights, identity_weights, notes)
+
+    path = ensure_dataset(cfg, progress=False)
+    res = int(cfg.data.resolution)
+    clips = read_clips(path, data_split, res, max_clips)
+    logger.info("eval: %d clips of %s %s (%s) at %dx%d, checkpoint step %s", len(clips), cfg.data.dataset,
+                data_split, path, res, res, trained.step)
+    synthetic = all(c.expression is not None for c in clips)
+    backend = str(cfg.render.backend)
+    group = min(16, int(cfg.data.num_identities)) if cfg.data.dataset == "synthetic_heads" else None
+    reg, expr_res = _expression_regressor(cfg, synthetic, expression, regressor, backend, group, notes)
+    notes += _protocol_notes(consistency_degrees if consistency else None, synthetic)
+
+    size = int(cfg.model.image_size)
+    scorers = _Scorers(lpips_params, id_params, consistency_degrees if consistency else None, reg, expr_res,
+                       None if reg is None else _frontal_camera(cfg, expr_res))
+    reenact = _Reenactment(runner, clips, scorers, size=size, res=res, backend=backend, group=group,
+                           on_frames=on_frames)
+    if all(p is None for p in reenact.partners):
+        notes.append("cross: skipped, the evaluated clips share one source identity")
+    reenact.run(frames_per_call)
+
+    anim_s, enc_s = _speed(runner, clips[0], size, res, timing_repeats)
     dev = jax.devices()[0]
     notes.append(f"timing: batch 1 at {size}x{size}, jitted, after warm-up, on {dev.platform} "
                  f"({getattr(dev, 'device_kind', dev.platform)}); animate = fusion + decoder + splatting, "
                  f"encode = encoder + instantiation + decoder + source motion")
-
-    for task in ("self", "cross"):
-        if consistency and acc[task].frames and acc[task].cons_count == 0:
+    for task, acc in reenact.tasks.items():
+        if consistency and acc.frames and acc.cons_count == 0:
             notes.append(f"consistency ({task}): absent, no pixel has alpha > {cons.ALPHA_MIN} in both views "
                          f"(translucent output, e.g. an untrained model)")
     result = {
@@ -512,10 +636,10 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
         "split": str(split),
         "config_name": str(cfg.name),
         "fusion": str(cfg.model.fusion),
-        "num_gaussians": int(model.num_gaussians),
+        "num_gaussians": int(trained.model.num_gaussians),
         "image_size": size,
-        "self": acc["self"].summary(),
-        "cross": acc["cross"].summary(),
+        "self": reenact.tasks["self"].summary(),
+        "cross": reenact.tasks["cross"].summary(),
         "animate_fps": float(1.0 / max(anim_s, 1e-9)),
         "encode_ms": float(enc_s * 1e3),
         "notes": notes,
@@ -530,14 +654,8 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
         "consistency_degrees": float(consistency_degrees) if consistency else None,
     }
     if write:
-        out = Path(out) if out else workdir / f"eval_{split}.json"
-        md = Path(markdown) if markdown else out.with_suffix(".md")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(paper.markdown_report(result))
-        result_paths = {"json": str(out), "markdown": str(md)}
-        say(f"eval: wrote {result_paths['json']} and {result_paths['markdown']}")
+        out = Path(out) if out else trained.checkpoints.parent / f"eval_{split}.json"
+        _write(result, out, Path(markdown) if markdown else out.with_suffix(".md"))
     return result
 
 
