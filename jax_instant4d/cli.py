@@ -67,12 +67,25 @@ def _commands():
 
 
 def setup_logging() -> None:
-    """The package's log messages (``logging.getLogger("jax_instant4d...")``) go to stderr, one line each."""
+    """The package's log messages (``logging.getLogger("jax_instant4d...")``, INFO and above) go to stderr,
+    one line each. Called once by :func:`main` (every subcommand); calling it again changes nothing."""
     import logging
+
+    class _Stderr(logging.StreamHandler):
+        """Writes to ``sys.stderr`` as it is when a message comes (main() may run more than once in a
+        process whose stderr is replaced in between, e.g. under pytest's capsys)."""
+
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _value) -> None:
+            pass
 
     logger = logging.getLogger("jax_instant4d")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from log_capture import captured
 from test_data_common import tiny_cfg, u8
 
 from jax_instant4d.data import builders, ingest
@@ -146,8 +147,8 @@ def ingested(tmp_path_factory):
     make_clip(src, "good_mp4", seed=30, identity="bob", video=True)
     expected = broken_clips(src)
     out = tmp_path_factory.mktemp("out")
-    logs = []
-    report = ingest.ingest(src, out, RES, heldout_identities=1, log=logs.append, progress=False)
+    with captured("jax_instant4d.data.ingest") as logs:
+        report = ingest.ingest(src, out, RES, heldout_identities=1, progress=False)
     return src, out, report, expected, logs
 
 
@@ -200,8 +201,8 @@ def test_resize_option_resamples_and_scales_intrinsics(tmp_path):
     src = tmp_path / "src"
     make_clip(src, "big", seed=40, size=2 * RES, masks=False)
     with pytest.raises(IngestError):  # without --resize: wrong resolution, nothing valid
-        ingest.ingest(src, tmp_path / "a", RES, log=lambda m: None, progress=False)
-    report = ingest.ingest(src, tmp_path / "b", RES, resize=True, log=lambda m: None, progress=False)
+        ingest.ingest(src, tmp_path / "a", RES, progress=False)
+    report = ingest.ingest(src, tmp_path / "b", RES, resize=True, progress=False)
     assert report.written == ["big"]
     cfg = tiny_cfg(tmp_path / "b", data__dataset="teacher_clips")
     b = next(make_pipeline(cfg, "train", 1, 0, 1))
@@ -220,7 +221,7 @@ def test_strict_mode_writes_nothing(tmp_path):
     make_clip(src, "bad", seed=51)
     os.remove(src / "bad" / "view_0" / "0000.png")
     with pytest.raises(IngestError, match="strict") as e:
-        ingest.ingest(src, tmp_path / "out", RES, strict=True, log=lambda m: None, progress=False)
+        ingest.ingest(src, tmp_path / "out", RES, strict=True, progress=False)
     assert e.value.report.rejected[0][:2] == ("bad", "missing frames")
     assert not (tmp_path / "out" / "teacher_clips" / f"r{RES}" / "1.0.0").exists()
     assert not list((tmp_path / "out" / "teacher_clips" / f"r{RES}").glob(".tmp-*"))  # temporary dir removed
@@ -242,11 +243,11 @@ def test_interrupted_ingest_leaves_no_valid_dataset(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builders.TeacherClips, "_generate_examples", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        ingest.ingest(src, tmp_path / "out", RES, log=lambda m: None, progress=False)
+        ingest.ingest(src, tmp_path / "out", RES, progress=False)
     assert not final.exists() and not builders.is_complete(final)
     assert not list(final.parent.glob(".tmp-*"))  # staging and tfds' temporary dirs are removed
     monkeypatch.setattr(builders.TeacherClips, "_generate_examples", real)
-    report = ingest.ingest(src, tmp_path / "out", RES, log=lambda m: None, progress=False)  # a rerun completes
+    report = ingest.ingest(src, tmp_path / "out", RES, progress=False)  # a rerun completes
     assert len(report.written) == 3 and builders.is_complete(final)
 
 
@@ -376,7 +377,7 @@ def test_swallowed_ctrl_c_still_stops_the_ingest(tmp_path, monkeypatch):
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            ingest.ingest(src, tmp_path / "out", RES, log=lambda m: None, progress=False)
+            ingest.ingest(src, tmp_path / "out", RES, progress=False)
         final = tmp_path / "out" / "teacher_clips" / f"r{RES}" / "1.0.0"
         assert not final.exists() and not list(final.parent.glob(".tmp-*"))
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
@@ -421,7 +422,7 @@ sys.exit(cli.main(["data", "ingest", {str(src)!r}, "--out", {str(out)!r}, "--con
             assert not list(final.parent.glob(".tmp-*"))
         else:
             assert list(final.parent.glob(".tmp-*"))  # kill -9: nothing could clean up
-    report = ingest.ingest(src, out, RES, log=lambda m: None, progress=False)  # a rerun completes
+    report = ingest.ingest(src, out, RES, progress=False)  # a rerun completes
     assert len(report.written) == 2 and builders.is_complete(final)
 
 

@@ -78,8 +78,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         try:
             report = ingest(args.src, args.out, int(d.resolution), image_format=d.image_format,
                             jpeg_quality=int(d.jpeg_quality), heldout_identities=int(d.heldout_identities),
-                            strict=args.strict, resize=args.resize, overwrite=args.overwrite,
-                            log=lambda m: print(m, file=sys.stderr, flush=True))
+                            strict=args.strict, resize=args.resize, overwrite=args.overwrite)
         except (IngestError, FileNotFoundError) as e:
             print(f"instant4d data ingest: {e}", file=sys.stderr)
             return 1
@@ -151,8 +150,6 @@ def _driving(cfg, args) -> int:
 
 
 def _motion_encoder(cfg) -> int:
-    import logging
-
     from jax_instant4d.data import motion_teacher
     from jax_instant4d.data.record import EXPRESSION_NAMES
 
@@ -160,7 +157,6 @@ def _motion_encoder(cfg) -> int:
         print(f"instant4d data motion-encoder: data.dataset is {cfg.data.dataset!r}, not synthetic_heads (real "
               "teacher clips come with their teacher's encoder: set model.motion.weights to its file)", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     path, info = motion_teacher.ensure(cfg)
     print(f"motion encoder: {path} ({'cached' if info.get('cached') else 'pretrained now'}; accuracy in "
           f"{path.with_suffix('.json')})")

@@ -394,11 +394,11 @@ class IngestError(RuntimeError):
 
 def ingest(src: str | os.PathLike, out: str | os.PathLike, resolution: int, *, image_format: str = "png",
            jpeg_quality: int = 95, heldout_identities: int = 1, strict: bool = False, resize: bool = False,
-           overwrite: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> IngestReport:
+           overwrite: bool = False, progress: bool = True) -> IngestReport:
     """Validates every clip of ``src`` and writes ``teacher_clips`` under the data dir ``out``.
 
     Two phases: each clip is read, checked and encoded into a staging folder next to the destination
-    (rejections are reported as they come); then, if anything is left to write (and, with ``strict``,
+    (rejections are logged as they come, at INFO); then, if anything is left to write (and, with ``strict``,
     nothing was rejected), tfds writes the dataset, which is renamed into place when complete.
     Returns the report (its ``path`` is the dataset directory). Raises :class:`IngestError` (no dataset
     written) in strict mode when a clip is rejected, when no clip is valid, or when the destination
@@ -433,7 +433,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, resolution: int, *, i
                     example = record.encode_clip(load_clip(cs, resolution, resize), image_format, jpeg_quality)
                 except ClipError as e:
                     report.rejected.append((cs.clip_id, e.reason, e.detail))
-                    log(f"rejected {cs.clip_id}: {e.reason}: {e.detail}")
+                    logger.info("rejected %s: %s: %s", cs.clip_id, e.reason, e.detail)
                 else:
                     staged = staging / f"{cs.clip_index:08d}.pkl"
                     staged.write_bytes(pickle.dumps(example, protocol=pickle.HIGHEST_PROTOCOL))
