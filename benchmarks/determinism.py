@@ -79,7 +79,7 @@ from jax_instant4d.train.step import Trainer
 cfg = get_config(sys.argv[1], ["model.motion.weights=", "model.motion.freeze=false", "train.mesh=(1,1,1)",
                                "render.backend=cpu", "train.loss.adversarial_start=-1"])
 mesh = make_mesh(cfg.train.mesh)
-trainer = Trainer(cfg, mesh, log=lambda _: None)
+trainer = Trainer(cfg, mesh)
 state = trainer.init()
 it = data.make_pipeline(cfg, "train", int(cfg.train.batch_size))
 losses = []

@@ -61,7 +61,7 @@ def worker(args: argparse.Namespace, overrides: list[str]) -> dict:
     d = jax.device_count()
     cfg = get_config(args.config, [*overrides, f"train.mesh=({d},1,1)", "train.loss.adversarial_start=-1"])
     mesh = make_mesh(cfg.train.mesh)
-    trainer = Trainer(cfg, mesh, log=lambda _: None)
+    trainer = Trainer(cfg, mesh)
     t0 = time.perf_counter()
     state = trainer.init()
     jax.block_until_ready(state)
@@ -148,7 +148,7 @@ def first_step_worker(args: argparse.Namespace, overrides: list[str]) -> dict:
     entries = len(list(cache.iterdir()))
     t0 = time.perf_counter()
     mesh = make_mesh(cfg.train.mesh)
-    trainer = Trainer(cfg, mesh, log=lambda _: None)
+    trainer = Trainer(cfg, mesh)
     state = jax.block_until_ready(trainer.init())
     init_s = time.perf_counter() - t0
     batch = to_global(next(default_data_factory(cfg, "train", cfg.train.batch_size, 0, 1)), mesh)

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -28,7 +29,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 FRAME_PATTERN = "frame_{:05d}.png"
 DEFAULT_FPS = 25.0
+logger = logging.getLogger(__name__)
 
 
 class AnimateError(ValueError):
@@ -436,8 +438,7 @@ def _panel(image: Float[np.ndarray, "R R 3"], size: int) -> UInt8[np.ndarray, "S
 def animate(trained, source: str | Path, out: str | Path, *, driving: str | Path | None = None, orbit: bool = False,
             orbit_frames: int | None = None, orbit_yaw: float = 25.0, orbit_pitch: float = 10.0,
             side_by_side: bool = False, align: bool = True, fps: float | None = None, size: int | None = None,
-            smooth: float = 2.0, max_missing: int = 10, log: Callable[[str], None] = lambda m: None,
-            runner: AvatarRunner | None = None) -> Report:
+            smooth: float = 2.0, max_missing: int = 10, runner: AvatarRunner | None = None) -> Report:
     """Encodes ``source`` once and writes the animated frames to ``out``; see the module docstring.
 
     ``trained`` is a :class:`~jax_instant4d.inference.Trained`. With ``driving``, one output frame per
@@ -445,7 +446,8 @@ def animate(trained, source: str | Path, out: str | Path, *, driving: str | Path
     frames at the source's own expression. ``orbit`` moves the camera on an ellipse of ``orbit_yaw`` /
     ``orbit_pitch`` degrees, one revolution per ``orbit_frames`` frames (default: over the driving clip);
     otherwise the camera is frontal. ``side_by_side`` puts the (aligned) driving frame, or the source,
-    left of each result. ``size``: render size (default ``model.image_size``).
+    left of each result. ``size``: render size (default ``model.image_size``). Progress is logged
+    (``jax_instant4d.animate``, INFO).
     """
     import jax
 
@@ -484,7 +486,7 @@ def animate(trained, source: str | Path, out: str | Path, *, driving: str | Path
                                       max_gap=max_missing)
         align_s = time.perf_counter() - t
         n = len(transforms)
-        log(f"tracked the face in {n} driving frames ({align_s:.1f} s)")
+        logger.info("tracked the face in %d driving frames (%.1f s)", n, align_s)
     elif frames is not None and orbit and not orbit_frames:
         n = frames.count()  # one revolution over the clip
     if frames is None:
@@ -510,7 +512,7 @@ def animate(trained, source: str | Path, out: str | Path, *, driving: str | Path
         raise ValueError(f"the runner renders at {runner.size}^2, not at --size {size}")
     before = {k: (len(v), runner.compile_s[k]) for k, v in runner.run_s.items()}  # (a runner may be reused)
     avatar = runner.encode(src[None])
-    log(f"encoded {source} ({runner.run_s['encode'][-1] * 1e3:.1f} ms)")
+    logger.info("encoded %s (%.1f ms)", source, runner.run_s["encode"][-1] * 1e3)
 
     def inputs() -> Iterator[tuple[int, Float[np.ndarray, "R R 3"] | None]]:
         if frames is None:
@@ -592,14 +594,13 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from jax_instant4d.data.face import FaceAlignmentUnavailable, FaceNotFound
     from jax_instant4d.inference import load_trained
 
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     try:
         trained = load_trained(args.checkpoint, step=args.step, overrides=overrides)
-        log(f"checkpoint {trained.checkpoints} step {trained.step}" + (" (EMA)" if trained.used_ema else ""))
+        logger.info("checkpoint %s step %s%s", trained.checkpoints, trained.step, " (EMA)" if trained.used_ema else "")
         report = animate(trained, args.source, args.out, driving=args.driving, orbit=args.orbit,
                          orbit_frames=args.orbit_frames, orbit_yaw=args.orbit_yaw, orbit_pitch=args.orbit_pitch,
                          side_by_side=args.side_by_side, align=not args.no_align, fps=args.fps, size=args.size,
-                         smooth=args.smooth, max_missing=args.max_missing, log=log)
+                         smooth=args.smooth, max_missing=args.max_missing)
     except (FaceNotFound, FaceAlignmentUnavailable, AnimateError, FileNotFoundError) as e:
         print(f"instant4d animate: error: {e}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 import time
 from pathlib import Path
 
@@ -25,6 +25,7 @@ PAPER_FPS = 107.31
 PAPER_ENCODE_MS = 20.0
 PAPER_SIZE_GB = 0.4
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,10 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="assumed GPU memory bandwidth in GB/s (RTX 6000 Ada: 960)")
     parser.add_argument("--no-encode-timing", action="store_true",
                         help="skip running encode (the FPS avatar is then built from random features)")
-
-
-def _log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 def _config_path(name: str) -> Path:
@@ -209,7 +206,7 @@ def run(args, overrides) -> int:
     print(f"(paper: {PAPER_SIZE_GB} GB)")
 
     # 2. FLOPs of the report config ---------------------------------------------------------------------
-    _log(f"cost analysis for {cfg.name} (ahead-of-time compile; large configs take minutes)")
+    logger.info("[bench] cost analysis for %s (ahead-of-time compile; large configs take minutes)", cfg.name)
     cache = {}  # (config name, fusion) -> _Compiled, reused by the timing below
     comp = cache[(cfg.name, cfg.model.fusion)] = _Compiled(nnx.eval_shape(lambda: Instant4D(cfg, rngs=nnx.Rngs(0))),
                                                              cfg)
@@ -235,10 +232,10 @@ def run(args, overrides) -> int:
     peak, bw = args.gpu_tflops * 1e12, args.gpu_bandwidth * 1e9
     for name in names:
         cfg0 = apply_overrides(get_config(_config_path(name), overrides), {"model.fusion": fusions[0]})
-        _log(f"{cfg0.name}: initialising the model")
+        logger.info("[bench] %s: initialising the model", cfg0.name)
         t0 = time.perf_counter()
         model0 = Instant4D(cfg0, rngs=nnx.Rngs(0))
-        _log(f"{cfg0.name}: init {time.perf_counter() - t0:.1f} s")
+        logger.info("[bench] %s: init %.1f s", cfg0.name, time.perf_counter() - t0)
         s = int(cfg0.model.image_size)
         cam = render.orbit_camera(jnp.zeros((1,)), jnp.zeros((1,)), radius=float(cfg0.render.camera_radius),
                                   fov_degrees=float(cfg0.render.fov_degrees), size=s)
@@ -256,13 +253,13 @@ def run(args, overrides) -> int:
                 if args.no_encode_timing:
                     avatar = _random_avatar(comp.abs_avatar)
                 else:
-                    _log(f"{cfg0.name}: compiling and running encode")
+                    logger.info("[bench] %s: compiling and running encode", cfg0.name)
                     enc_flops, _ = comp.compile_encode()
                     encode_ms = 1e3 * _time(comp.encode, comp.state, source, frames=1)
                     avatar = comp.encode(comp.state, source)
-            _log(f"{cfg0.name}/{kind}: compiling the frame function")
+            logger.info("[bench] %s/%s: compiling the frame function", cfg0.name, kind)
             f_flops, f_bytes = comp.compile_frame()
-            _log(f"{cfg0.name}/{kind}: timing {args.frames} frames")
+            logger.info("[bench] %s/%s: timing %d frames", cfg0.name, kind, args.frames)
             frame_s = _time(comp.frame, comp.state, avatar, driving, cam, frames=args.frames)
             gpu_s = max(f_flops / peak, f_bytes / bw)
             rows.append((cfg0.name, kind, num_gaussians(cfgk.model), s, enc_flops, encode_ms, f_flops, f_bytes,

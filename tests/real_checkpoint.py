@@ -36,7 +36,7 @@ def write_checkpoint(cfg: ConfigDict, step: int = 0) -> Path:
     from jax_instant4d.train.sharding import make_mesh
     from jax_instant4d.train.step import Trainer
 
-    trainer = Trainer(cfg, make_mesh(cfg.train.mesh), log=lambda _: None)
+    trainer = Trainer(cfg, make_mesh(cfg.train.mesh))
     state = trainer.init()
     ckpt = Checkpointer(Path(cfg.workdir) / "checkpoints", async_save=False)
     try:

@@ -135,7 +135,7 @@ def test_frozen_encoder_is_bit_identical_after_training_steps(cfg, teacher):
                                                        "train.loss.delta_f=0.001"]))
     data.ensure_dataset(run, progress=False)
     mesh = make_mesh(run.train.mesh)
-    trainer = Trainer(run, mesh, log=lambda _: None)
+    trainer = Trainer(run, mesh)
     state = trainer.init()
     assert "motion_encoder" in state.frozen and "motion_encoder" not in state.params
     want = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))

@@ -44,7 +44,7 @@ def fake_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("restore")
     cfg = tiny_config(tmp, frozen=("motion_encoder",), ema_decay=0.5)
     cfg.train.loss.adversarial_start = 1  # the discriminator is trained too: more to leave out
-    trainer = Trainer(cfg, make_mesh((1, 1, 1), jax.devices()[:1]), FakeInstant4D, log=lambda _: None)
+    trainer = Trainer(cfg, make_mesh((1, 1, 1), jax.devices()[:1]), FakeInstant4D)
     state = trainer.init()
     for step in range(2):
         state, _ = trainer.step(state, to_global(global_batch(step, 8), trainer.mesh), 16)
@@ -96,7 +96,7 @@ def test_load_trained_matches_the_trainer_restore(real_run):
 
     workdir, cfg = real_run
     trained = load_trained(workdir)
-    trainer = Trainer(cfg, make_mesh((-1, 1, 1)), log=lambda _: None)
+    trainer = Trainer(cfg, make_mesh((-1, 1, 1)))
     ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
     try:
         state, _ = ckpt.restore(trained.step, trainer.abstract_state)

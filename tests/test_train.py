@@ -141,8 +141,8 @@ def trainers(tmp_path_factory):
     """The same training on a 2x2 (data x fsdp) mesh of 4 devices and on one device, and an initial
     state (initialised sharded on the 2x2 mesh)."""
     tmp = tmp_path_factory.mktemp("step")
-    four = Trainer(_cfg(tmp, (2, 2, 1)), make_mesh((2, 2, 1)), FakeInstant4D, log=lambda _: None)
-    one = Trainer(_cfg(tmp, (1, 1, 1)), make_mesh((1, 1, 1), jax.devices()[:1]), FakeInstant4D, log=lambda _: None)
+    four = Trainer(_cfg(tmp, (2, 2, 1)), make_mesh((2, 2, 1)), FakeInstant4D)
+    one = Trainer(_cfg(tmp, (1, 1, 1)), make_mesh((1, 1, 1), jax.devices()[:1]), FakeInstant4D)
     return four, one, _host(four.init())
 
 

@@ -28,7 +28,7 @@ def _real_batch(cfg, batch_size: int) -> dict[str, np.ndarray]:
 
 def test_real_model_trains_through_trainer_step(tmp_path):
     cfg = tiny_real_config(tmp_path / "run", tmp_path / "data", ["train.mesh=(1,1,1)", "train.warmup_steps=0"])
-    trainer = Trainer(cfg, make_mesh((1, 1, 1), jax.devices()[:1]), log=lambda _: None)
+    trainer = Trainer(cfg, make_mesh((1, 1, 1), jax.devices()[:1]))
     state = trainer.init()
     before = jax.tree.map(np.asarray, jax.device_get(state.params))
     batch = to_global(_real_batch(cfg, int(cfg.train.batch_size)), trainer.mesh)
@@ -78,7 +78,7 @@ def test_a_model_without_delta_f_is_an_error(tmp_path):
     finally:
         log.removeHandler(records)
         log.setLevel(level)
-    # without a log callback the trainer's notes go through logging
+    # the trainer's notes go through logging
     assert any("LPIPS loss off" in m for m in records.messages), records.messages
     state = trainer.init()
     with pytest.raises(ValueError, match=r"_NoDelta\.animate returned no 'delta'"):

@@ -95,7 +95,7 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
     cfg = tiny_config(tmp_path_factory.mktemp("unused"), mesh=(1, 1, 1))
-    return Trainer(cfg, make_mesh((1, 1, 1), jax.devices()[:1]), FakeInstant4D, log=lambda _: None)
+    return Trainer(cfg, make_mesh((1, 1, 1), jax.devices()[:1]), FakeInstant4D)
 
 
 def _cfg(workdir: Path, **train):
@@ -197,7 +197,7 @@ def test_a_real_mismatch_says_does_not_match_and_moves_nothing(tmp_path, trainer
     shutil.copytree(ref_dir, workdir)
     cfg = _cfg(workdir)
     cfg.model.motion.code_dim = 12  # other shapes than the checkpoint's
-    other = Trainer(cfg, make_mesh((1, 1, 1), jax.devices()[:1]), FakeInstant4D, log=lambda _: None)
+    other = Trainer(cfg, make_mesh((1, 1, 1), jax.devices()[:1]), FakeInstant4D)
     with pytest.raises(CheckpointError, match=r"step 4 .* does not match this model/config: \S+ is shape"):
         _run(cfg, other)
     assert not (workdir / "checkpoints.damaged").exists()

@@ -83,8 +83,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
             cfg = get_config(args.config, overrides) if args.config else None
             workdir = import_checkpoint(args.file, cfg, args.out, overwrite=args.overwrite,
-                                        overrides=[] if args.config else overrides,
-                                        log=lambda m: print(m, file=sys.stderr))
+                                        overrides=[] if args.config else overrides)
             print(f"wrote checkpoint 0 in {workdir} (load it with --checkpoint {workdir})")
             return 0
     except _errors() as e:

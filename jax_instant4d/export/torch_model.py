@@ -238,7 +238,7 @@ def read_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def import_checkpoint(path: str | Path, cfg: ConfigDict | None, workdir: str | Path, *, overwrite: bool = False,
-                      overrides: list[str] | None = None, log: Callable[[str], None] | None = None) -> Path:
+                      overrides: list[str] | None = None) -> Path:
     """Converts a whole-model PyTorch state dict file into checkpoint 0 of a work directory that
     ``--checkpoint WORKDIR`` (:func:`jax_instant4d.inference.load_trained`) loads.
 
@@ -272,7 +272,7 @@ def import_checkpoint(path: str | Path, cfg: ConfigDict | None, workdir: str | P
 
     abstract = nnx.eval_shape(lambda: Instant4D(cfg, rngs=nnx.Rngs(0)))
     check_state_dict(expected_shapes(abstract), state_dict, str(path))  # before the (slow) initialisation
-    trainer = Trainer(cfg, make_mesh(cfg.train.mesh), log=log)
+    trainer = Trainer(cfg, make_mesh(cfg.train.mesh))
     state = trainer.init(pretrained=False)  # the file holds every parameter, the motion encoder's too
     params, frozen, rest = jax.device_get((state.params, state.frozen, state.rest))
     model = trainer.mdef.merge(params, frozen, rest, jax.random.key(0))

@@ -283,7 +283,7 @@ def train(cfg: ConfigDict, *, model_factory: ModelFactory | None = None, data_fa
     t_init = time.perf_counter()
     if trainer is None:
         try:
-            trainer = Trainer(cfg, mesh, model_factory, log=say)
+            trainer = Trainer(cfg, mesh, model_factory)
         except (ValueError, ShardingError) as e:  # the model's own checks of its config keys
             raise ConfigError(str(e).splitlines()[0]) from None
     if lead:
@@ -427,7 +427,7 @@ def restore_state(cfg: ConfigDict, step: int | None = None, *, model_factory: Mo
                   mesh=None) -> tuple[Trainer, Any]:
     """Loads a checkpoint of ``cfg.workdir`` onto ``mesh`` (default: all devices per ``train.mesh``)."""
     mesh = mesh or _make_mesh(cfg.train.mesh)
-    trainer = Trainer(cfg, mesh, model_factory, log=lambda _: None)
+    trainer = Trainer(cfg, mesh, model_factory)
     ckpt = Checkpointer(Path(cfg.workdir) / "checkpoints", keep=cfg.train.keep_checkpoints, async_save=False)
     try:
         step = ckpt.latest_step() if step is None else step

@@ -35,12 +35,10 @@ class TrainSetup:
     """The static parts of training on ``mesh``: module definitions (``mdef``, ``ddef``), optimisers
     (``tx``, ``dtx``, ``schedule``), loss weights and networks (``weights``, ``nets``), the train
     state's shardings and abstract shape, and ``init``. Its notes (which losses are on, which motion
-    weights were loaded) go to ``log`` (default: this module's logger, at INFO)."""
+    weights were loaded) are logged (this module's logger, at INFO)."""
 
-    def __init__(self, cfg: ConfigDict, mesh: Mesh, model_factory: ModelFactory | None = None,
-                 log: Callable[[str], None] | None = None):
-        log = log or logger.info
-        self.cfg, self.mesh, self.log = cfg, mesh, log
+    def __init__(self, cfg: ConfigDict, mesh: Mesh, model_factory: ModelFactory | None = None):
+        self.cfg, self.mesh = cfg, mesh
         tcfg = cfg.train
         if model_factory is None:
             from jax_instant4d.model.avatar import Instant4D
@@ -70,7 +68,7 @@ class TrainSetup:
             self.weights["adversarial"] = 0.0
         self.nets, self.notes = self._loss_networks()
         for note in self.notes:
-            log(note)
+            logger.info("%s", note)
 
         def init_state() -> TrainState:
             model, disc = construct()
@@ -162,8 +160,8 @@ class TrainSetup:
         if n_params + n_frozen + n_rest != len(values):
             raise ValueError(f"motion encoder weights: {len(values)} values loaded, {n_params + n_frozen + n_rest} "
                              f"found in the model's '{name}' (does the model have a motion encoder?)")
-        self.log(f"motion encoder: pretrained weights {self.cfg.model.motion.weights} (sha256 {sha[:16]}), "
-                 + ("frozen" if n_frozen else "trainable"))
+        logger.info("motion encoder: pretrained weights %s (sha256 %s), %s", self.cfg.model.motion.weights, sha[:16],
+                    "frozen" if n_frozen else "trainable")
         return state.replace(params=params, frozen=frozen, rest=rest, ema=ema)
 
     def adversarial_at(self, step: int) -> bool:

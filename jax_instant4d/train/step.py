@@ -12,7 +12,6 @@ finite leaves every parameter and optimiser state as it was and counts itself in
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -47,9 +46,8 @@ class Trainer(TrainSetup):
     ``trace_counts[(res, adversarial)]`` counts how often each step variant was traced (once each is
     expected); ``compiled_variants()`` lists the variants built so far."""
 
-    def __init__(self, cfg: ConfigDict, mesh: Mesh, model_factory: ModelFactory | None = None,
-                 log: Callable[[str], None] | None = None):
-        super().__init__(cfg, mesh, model_factory, log)
+    def __init__(self, cfg: ConfigDict, mesh: Mesh, model_factory: ModelFactory | None = None):
+        super().__init__(cfg, mesh, model_factory)
         self._steps: dict[tuple[int, bool], Any] = {}
         self.trace_counts: Counter[tuple[int, bool]] = Counter()
         self.evaluator = Evaluator(self)
