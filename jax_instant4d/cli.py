@@ -67,8 +67,9 @@ def _commands():
 
 
 def setup_logging() -> None:
-    """The package's log messages (``logging.getLogger("jax_instant4d...")``, INFO and above) go to stderr,
-    one line each. Called once by :func:`main` (every subcommand); calling it again changes nothing."""
+    """The log messages of the package and of its launchers (``logging.getLogger("jax_instant4d...")``,
+    ``"instant4d_launch..."``; INFO and above) go to stderr, one line each. Called once by :func:`main`
+    (every subcommand); calling it again changes nothing."""
     import logging
 
     class _Stderr(logging.StreamHandler):
@@ -83,13 +84,14 @@ def setup_logging() -> None:
         def stream(self, _value) -> None:
             pass
 
-    logger = logging.getLogger("jax_instant4d")
-    if not logger.handlers:
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    for name in ("jax_instant4d", LAUNCH_PACKAGE):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = _Stderr()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:

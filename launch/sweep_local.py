@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import shlex
 import signal
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -43,7 +44,7 @@ from jax_instant4d.sweep import (
 
 EXIT_INTERRUPTED = 128 + signal.SIGTERM  # a run stopped by a signal (it checkpointed; launch again to resume)
 
-Say = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +103,7 @@ class _Processes:
             procs = list(self._procs)
         if procs:
             how = "to checkpoint and stop (again to kill)" if sig == signal.SIGTERM else "killed"
-            print(f"[sweep] signal {signum}: {len(procs)} running process(es) {how}", file=sys.stderr, flush=True)
+            logger.info("[sweep] signal %s: %d running process(es) %s", signum, len(procs), how)
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(sig)
@@ -121,8 +122,8 @@ def _forward_signals(procs: _Processes) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def execute_run(sweep: Sweep, run: Run, commands: Commands = Commands(), procs: _Processes | None = None,
-                say: Say = print) -> RunState:
+def execute_run(sweep: Sweep, run: Run, commands: Commands = Commands(),
+                procs: _Processes | None = None) -> RunState:
     """Trains and evaluates one run in its work directory, recording the outcome (never raises for a
     failed step: the failure is recorded)."""
     procs = procs or _Processes()
@@ -145,7 +146,7 @@ def execute_run(sweep: Sweep, run: Run, commands: Commands = Commands(), procs: 
             write_json(run.workdir / RECORD, record)
             log.write(f"==== {now()} {run.name}: {stage}: {shlex.join(cmd)}\n")
             log.flush()
-            say(f"[sweep {sweep.name}] {run.name}: {stage}")
+            logger.info("[sweep %s] %s: %s", sweep.name, run.name, stage)
             rc = procs.call(cmd, log)
             record["returncodes"][stage] = rc
             log.write(f"==== {now()} {stage} exited with status {rc}\n")
@@ -165,8 +166,8 @@ def execute_run(sweep: Sweep, run: Run, commands: Commands = Commands(), procs: 
                       if state.eval is None else f"after eval: {state.status} ({state.detail})")
     record.update(status=status, detail=detail)
     write_json(run.workdir / RECORD, record)
-    say(f"[sweep {sweep.name}] {run.name}: {status}" + (f" ({detail}; log {run.workdir / LOG})" if detail else "")
-        + f" in {record['seconds']:.1f} s")
+    logger.info("[sweep %s] %s: %s%s in %.1f s", sweep.name, run.name, status,
+                f" ({detail}; log {run.workdir / LOG})" if detail else "", record["seconds"])
     return run_state(sweep, run) if status == "finished" else RunState(status, detail, None, record)
 
 
@@ -180,7 +181,7 @@ def _move_aside(run: Run) -> Path:
     return target
 
 
-def _prepare(sweep: Sweep, runs: Sequence[Run], restart_stale: bool, say: Say) -> None:
+def _prepare(sweep: Sweep, runs: Sequence[Run], restart_stale: bool) -> None:
     """Refuses (before anything starts) to run in stale directories, or moves them aside."""
     stale = [(r, s) for r in runs if (s := run_state(sweep, r)).status == "stale"]
     if stale and not restart_stale:
@@ -189,7 +190,7 @@ def _prepare(sweep: Sweep, runs: Sequence[Run], restart_stale: bool, say: Say) -
                          f" made with other settings:\n{lines}\nremove them, or pass --restart-stale to move them "
                          "aside")
     for r, _ in stale:
-        say(f"[sweep {sweep.name}] {r.name}: stale work directory moved to {_move_aside(r)}")
+        logger.info("[sweep %s] %s: stale work directory moved to %s", sweep.name, r.name, _move_aside(r))
 
 
 @dataclasses.dataclass
@@ -204,9 +205,9 @@ class LaunchResult:
 
 
 def launch(sweep: Sweep, *, parallel: int = 1, commands: Commands = Commands(), only: str | None = None,
-           dry_run: bool = False, restart_stale: bool = False, say: Say = print) -> LaunchResult:
+           dry_run: bool = False, restart_stale: bool = False) -> LaunchResult:
     """Runs every selected run that is not finished, ``parallel`` at a time; a failed run does not stop
-    the others. ``dry_run`` prints the commands instead."""
+    the others. ``dry_run`` prints the commands instead (stdout). Progress is logged (INFO)."""
     if parallel < 1:
         raise SweepError(f"--parallel must be at least 1, got {parallel}")
     runs = sweep.select(only)
@@ -217,26 +218,21 @@ def launch(sweep: Sweep, *, parallel: int = 1, commands: Commands = Commands(), 
         for r in runs:
             st = states[r.name]
             if st.status == "finished":
-                say(f"# {r.index} {r.name}: finished, skipped")
+                print(f"# {r.index} {r.name}: finished, skipped")
                 continue
-            say(f"# {r.index} {r.name}: {st.status}" + (f" ({st.detail})" if st.detail else ""))
+            print(f"# {r.index} {r.name}: {st.status}" + (f" ({st.detail})" if st.detail else ""))
             for cmd in run_commands(sweep, r, commands):
-                say(shlex.join(cmd))
+                print(shlex.join(cmd))
         return LaunchResult(states, skipped, [])
-    _prepare(sweep, todo, restart_stale, say)
-    say(f"[sweep {sweep.name}] {len(todo)} run(s) to do, {len(skipped)} finished already, {parallel} at a time; "
-        f"root {sweep.root}")
+    _prepare(sweep, todo, restart_stale)
+    logger.info("[sweep %s] %d run(s) to do, %d finished already, %d at a time; root %s", sweep.name, len(todo),
+                len(skipped), parallel, sweep.root)
     procs = _Processes()
-    lock = threading.Lock()
-
-    def locked_say(msg: str) -> None:
-        with lock:
-            say(msg)
 
     def one(r: Run) -> tuple[str, RunState]:
         if procs.stop.is_set():
             return r.name, run_state(sweep, r)
-        return r.name, execute_run(sweep, r, commands, procs, locked_say)
+        return r.name, execute_run(sweep, r, commands, procs)
 
     with _forward_signals(procs), ThreadPoolExecutor(max_workers=parallel) as pool:
         for name, st in pool.map(one, todo):
@@ -244,8 +240,7 @@ def launch(sweep: Sweep, *, parallel: int = 1, commands: Commands = Commands(), 
     return LaunchResult(states, skipped, [r.name for r in todo])
 
 
-def run_one(sweep: Sweep, index: int, *, commands: Commands = Commands(), restart_stale: bool = False,
-            say: Say = print) -> RunState:
+def run_one(sweep: Sweep, index: int, *, commands: Commands = Commands(), restart_stale: bool = False) -> RunState:
     """The run of ``index`` (a SLURM array task): skipped if finished."""
     if not 0 <= index < len(sweep.runs):
         raise SweepError(f"sweep {sweep.name!r} has {len(sweep.runs)} runs (0..{len(sweep.runs) - 1}), "
@@ -253,9 +248,9 @@ def run_one(sweep: Sweep, index: int, *, commands: Commands = Commands(), restar
     run = sweep.runs[index]
     state = run_state(sweep, run)
     if state.status == "finished":
-        say(f"[sweep {sweep.name}] {run.name}: finished already, skipped")
+        logger.info("[sweep %s] %s: finished already, skipped", sweep.name, run.name)
         return state
-    _prepare(sweep, [run], restart_stale, say)
+    _prepare(sweep, [run], restart_stale)
     procs = _Processes()
     with _forward_signals(procs):
-        return execute_run(sweep, run, commands, procs, say)
+        return execute_run(sweep, run, commands, procs)

@@ -13,6 +13,7 @@ is self-contained (``sbatch`` it again next week, with no launcher process and n
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shlex
 import shutil
 import subprocess
@@ -21,7 +22,9 @@ from pathlib import Path
 
 from jax_instant4d.sweep import Sweep, SweepError
 
-from .sweep_local import Commands, Say
+from .sweep_local import Commands
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,9 +118,10 @@ exec {" ".join(task)}
 
 
 def write_slurm(sweep: Sweep, opts: SlurmOptions = SlurmOptions(), *, submit: bool = False,
-                commands: Commands = Commands(), extra_overrides: Sequence[str] = (), restart_stale: bool = False,
-                say: Say = print) -> Path:
-    """Writes ``<root>/sweep.sbatch`` (and ``<root>/slurm/`` for the task logs); submits it if asked."""
+                commands: Commands = Commands(), extra_overrides: Sequence[str] = (),
+                restart_stale: bool = False) -> Path:
+    """Writes ``<root>/sweep.sbatch`` (and ``<root>/slurm/`` for the task logs); submits it if asked. What
+    it did (and sbatch's answer) is logged (INFO)."""
     text = slurm_script(sweep, opts, commands=commands, extra_overrides=extra_overrides,
                         restart_stale=restart_stale)
     sweep.root.mkdir(parents=True, exist_ok=True)
@@ -125,9 +129,9 @@ def write_slurm(sweep: Sweep, opts: SlurmOptions = SlurmOptions(), *, submit: bo
     path = sweep.root / "sweep.sbatch"
     path.write_text(text)
     path.chmod(0o755)
-    say(f"[sweep {sweep.name}] wrote {path} ({len(sweep.runs)} array tasks)")
+    logger.info("[sweep %s] wrote %s (%d array tasks)", sweep.name, path, len(sweep.runs))
     if not submit:
-        say(f"submit with: sbatch {path}")
+        logger.info("submit with: sbatch %s", path)
         return path
     sbatch = shutil.which("sbatch")
     if sbatch is None:
@@ -135,5 +139,5 @@ def write_slurm(sweep: Sweep, opts: SlurmOptions = SlurmOptions(), *, submit: bo
     out = subprocess.run([sbatch, str(path)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SweepError(f"sbatch {path} failed with status {out.returncode}: {out.stderr.strip()}")
-    say(out.stdout.strip())
+    logger.info("%s", out.stdout.strip())
     return path

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from log_capture import captured
 from sweep_fakes import FUSIONS, REPO, SMALL, calls, write_fake, write_sweep
 
 from jax_instant4d import cli
@@ -143,16 +144,16 @@ def test_resume_skips_finished_runs(tmp_path, fake):
     sw = S.load_sweep(f)
     local, none = (r.workdir for r in sw.runs)
     cmds = fake_commands(fake)
-    res = runner.launch(sw, commands=cmds, say=lambda _: None)
+    res = runner.launch(sw, commands=cmds)
     assert res.ok and res.executed == ["fusion-local", "fusion-none"] and res.skipped == []
     # launched again: both finished, nothing runs
-    res = runner.launch(sw, commands=cmds, say=lambda _: None)
+    res = runner.launch(sw, commands=cmds)
     assert res.ok and res.executed == [] and res.skipped == ["fusion-local", "fusion-none"]
     assert calls(local) == calls(none) == ["train", "eval"]
     # an eval JSON gone: only that run runs again
     (none / "eval_heldout.json").unlink()
     assert S.run_state(sw, sw.runs[1]).status == "incomplete"
-    res = runner.launch(sw, commands=cmds, say=lambda _: None)
+    res = runner.launch(sw, commands=cmds)
     assert res.executed == ["fusion-none"] and res.ok
     assert calls(local) == ["train", "eval"] and calls(none) == ["train", "eval", "train", "eval"]
     # more steps: not finished (train resumes and trains further), not stale
@@ -165,10 +166,10 @@ def test_resume_skips_finished_runs(tmp_path, fake):
     (local / "config.json").write_text(json.dumps(cfg))
     assert S.run_state(sw, sw.runs[0]).status == "stale"
     with pytest.raises(S.SweepError, match=r"fusion-local .*model.fusion: 'global' in the run, 'local' in the sweep"):
-        runner.launch(sw, commands=cmds, say=lambda _: None)
+        runner.launch(sw, commands=cmds)
     assert calls(local) == ["train", "eval"]
     # ... or moves it aside with --restart-stale and runs afresh
-    res = runner.launch(sw, commands=cmds, restart_stale=True, say=lambda _: None)
+    res = runner.launch(sw, commands=cmds, restart_stale=True)
     assert res.executed == ["fusion-local"] and res.ok
     aside = [p for p in (tmp_path / "root").iterdir() if p.name.startswith("fusion-local.stale-")]
     assert len(aside) == 1 and calls(aside[0]) == ["train", "eval"] and calls(local) == ["train", "eval"]
@@ -181,8 +182,7 @@ def test_parallel_two_runs_at_once(tmp_path, fake):
     f = write_sweep(tmp_path / "par.py", workdir=tmp_path / "root", fixed={"train.steps": 2},
                     grid={"model.fusion": ["local", "global"]})
     sw = S.load_sweep(f)
-    res = runner.launch(sw, parallel=2, commands=fake_commands(fake, "--barrier", str(barrier), "--barrier-n", "2"),
-                   say=lambda _: None)
+    res = runner.launch(sw, parallel=2, commands=fake_commands(fake, "--barrier", str(barrier), "--barrier-n", "2"))
     assert {n: s.status for n, s in res.states.items()} == {"fusion-local": "finished", "fusion-global": "finished"}
     assert sorted(p.name for p in barrier.iterdir()) == ["global", "local"]
     with pytest.raises(S.SweepError, match="--parallel"):
@@ -243,14 +243,14 @@ def test_slurm_array_script(tmp_path, fake, monkeypatch):
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(S.SweepError, match="sbatch is not on PATH"):
-        slurm.write_slurm(sw, submit=True, say=lambda _: None)
+        slurm.write_slurm(sw, submit=True)
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "sbatch").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/sbatch_args\necho "Submitted batch job 7"\n')
     (fake_bin / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
-    said: list[str] = []
-    path = slurm.write_slurm(sw, slurm.SlurmOptions(gpus=0), submit=True, say=said.append)
+    with captured("instant4d_launch") as said:
+        path = slurm.write_slurm(sw, slurm.SlurmOptions(gpus=0), submit=True)
     assert (tmp_path / "sbatch_args").read_text().strip() == str(path)
     assert said[-1] == "Submitted batch job 7"
     assert "#SBATCH --gres" not in path.read_text()
@@ -262,12 +262,12 @@ def test_run_one_takes_the_action_first_and_skips_a_finished_run(tmp_path, fake)
     f = write_sweep(tmp_path / "one.py", workdir=tmp_path / "root", fixed={"train.steps": 2},
                     grid={"model.fusion": ["none"]})
     sw = S.load_sweep(f)
-    runner.launch(sw, commands=fake_commands(fake), say=lambda _: None)
+    runner.launch(sw, commands=fake_commands(fake))
     for entry in (["jax_instant4d.cli", "sweep"], ["jax_instant4d.sweep"]):
         out = subprocess.run([sys.executable, "-m", *entry, "run-one", str(f), "0", *fake_cli(fake)],
                              capture_output=True, text=True, timeout=60, cwd=REPO)
         assert out.returncode == 0, out.stderr
-        assert "fusion-none: finished already, skipped" in out.stdout
+        assert "fusion-none: finished already, skipped" in out.stderr  # logged
     assert calls(sw.runs[0].workdir) == ["train", "eval"]
 
 
@@ -275,9 +275,9 @@ def test_eval_writing_nothing_is_a_failure(tmp_path, fake):
     f = write_sweep(tmp_path / "noeval.py", workdir=tmp_path / "root", grid={"model.fusion": ["local"]})
     sw = S.load_sweep(f)
     cmds = dataclasses.replace(fake_commands(fake), eval=(sys.executable, "-c", "pass"))
-    st = runner.launch(sw, commands=cmds, say=lambda _: None).states["fusion-local"]
+    st = runner.launch(sw, commands=cmds).states["fusion-local"]
     assert st.status == "failed" and "eval_heldout.json is missing" in st.detail
     missing = dataclasses.replace(fake_commands(fake), train=(str(tmp_path / "no-such-program"),))
     shutil.rmtree(sw.root)
-    st = runner.launch(sw, commands=missing, say=lambda _: None).states["fusion-local"]
+    st = runner.launch(sw, commands=missing).states["fusion-local"]
     assert st.status == "failed" and st.detail == "train exited with status 127"

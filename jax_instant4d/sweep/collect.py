@@ -5,6 +5,7 @@ paired differences to a baseline run and mean +- spread over seeds) and a qualit
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from jax_instant4d.sweep.spec import LOG, Sweep, cli_value, normalise, now, run_state, write_json
+
+logger = logging.getLogger(__name__)
 
 
 class PlotError(RuntimeError):
@@ -56,9 +59,10 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def collect(sweep: Sweep, *, plot: bool = True, say: Callable[[str], None] = print) -> dict[str, Any]:
+def collect(sweep: Sweep, *, plot: bool = True) -> dict[str, Any]:
     """Writes ``sweep.json`` and ``sweep.md`` in the sweep root, then ``sweep.png`` (which needs matplotlib;
-    :class:`PlotError` after the other two are written if it is missing). Returns the JSON's content."""
+    :class:`PlotError` after the other two are written if it is missing); logs what it wrote (INFO). Returns
+    the JSON's content."""
     rows = []
     for run in sweep.runs:
         st = run_state(sweep, run)
@@ -77,11 +81,11 @@ def collect(sweep: Sweep, *, plot: bool = True, say: Callable[[str], None] = pri
     sweep.root.mkdir(parents=True, exist_ok=True)
     write_json(sweep.root / "sweep.json", summary)
     (sweep.root / "sweep.md").write_text(markdown_table(sweep, rows, counts) + seeds_table(sweep, groups))
-    say(f"[sweep {sweep.name}] wrote {sweep.root / 'sweep.md'} and sweep.json: "
-        + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    logger.info("[sweep %s] wrote %s and sweep.json: %s", sweep.name, sweep.root / "sweep.md",
+                ", ".join(f"{n} {s}" for s, n in counts.items()))
     if plot:
         plot_quality_speed(sweep, rows, sweep.root / "sweep.png")
-        say(f"[sweep {sweep.name}] wrote {sweep.root / 'sweep.png'}")
+        logger.info("[sweep %s] wrote %s", sweep.name, sweep.root / "sweep.png")
     return summary
 
 
