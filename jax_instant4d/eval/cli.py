@@ -12,7 +12,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         return 2
     for note in result["notes"]:
         if "absent" in note or "skipped" in note:
-            print(f"note: {note}", file=sys.stderr)
+            logger.info("note: %s", note)
     s, c = result["self"], result["cross"]
     fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
     print(f"self : psnr {fmt(s['psnr'])} ssim {fmt(s['ssim'])} lpips {fmt(s['lpips'])} "
