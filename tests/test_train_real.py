@@ -1,6 +1,7 @@
-"""The real model in the training machinery: ``Instant4D`` (tiny sizes) through ``Trainer.step``, a model
-without δf refused, and the sharded render (``render(mesh=...)``, ``shard_map`` over 4 host devices)
-against the unsharded one."""
+"""The training machinery's contract with the model: a model without δf refused, and the sharded render
+(``render(mesh=...)``, ``shard_map`` over 4 host devices) against the unsharded one. The real ``Instant4D``
+goes through ``Trainer.step`` in tests/test_motion_teacher.py (frozen pretrained motion weights, the real
+pipeline) and through whole training runs in tests/test_train_real_multihost.py."""
 
 from __future__ import annotations
 
@@ -10,45 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from fakes import FakeInstant4D, fake_example, global_batch, tiny_config
-from real_checkpoint import tiny_real_config
+from fakes import FakeInstant4D, global_batch, tiny_config
 
 from jax_instant4d import render
-from jax_instant4d.train.setup import LOSS_NAMES
 from jax_instant4d.train.sharding import make_mesh, to_global
 from jax_instant4d.train.step import Trainer
-
-
-def _real_batch(cfg, batch_size: int) -> dict[str, np.ndarray]:
-    """The stand-in batch contract at the real config's resolution and targets per example."""
-    res, k = int(cfg.data.resolution), int(cfg.data.targets_per_example)
-    rows = [fake_example(i, res, k) for i in range(batch_size)]
-    return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
-
-
-def test_real_model_trains_through_trainer_step(tmp_path):
-    cfg = tiny_real_config(tmp_path / "run", tmp_path / "data", ["train.mesh=(1,1,1)", "train.warmup_steps=0"])
-    trainer = Trainer(cfg, make_mesh((1, 1, 1), jax.devices()[:1]))
-    state = trainer.init()
-    before = jax.tree.map(np.asarray, jax.device_get(state.params))
-    batch = to_global(_real_batch(cfg, int(cfg.train.batch_size)), trainer.mesh)
-    state, m = trainer.step(state, batch, int(cfg.data.resolution))
-    m = jax.tree.map(np.asarray, jax.device_get(m))
-    after = jax.tree.map(np.asarray, jax.device_get(state.params))
-    assert np.isfinite(m["loss"]) and int(m["nonfinite"]) == 0 and int(state.step) == 1
-    # the loss is the weighted sum of its terms (the real model returns δf: its penalty is positive)
-    w = cfg.train.loss
-    weights = {n: float(w[n]) for n in LOSS_NAMES}
-    weights["adversarial"] = 0.0 if not (w.adversarial > 0 and w.adversarial_start >= 0) else weights["adversarial"]
-    total = sum(weights[n] * float(m[f"loss_{n}"]) for n in LOSS_NAMES)
-    np.testing.assert_allclose(m["loss"], total, rtol=1e-6)
-    assert m["loss_delta_f"] > 0 and m["loss_l1"] > 0 and 5.0 < m["psnr"] < 60.0
-    assert float(m["lr"]) == pytest.approx(float(cfg.train.learning_rate))
-    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)]
-    assert any(changed) and set(before) == set(after)
-    for part in ("encoder", "decoder", "fusion"):  # gradients reach the encoder, Φ and the fusion network
-        assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[part]),
-                                                          jax.tree.leaves(after[part]), strict=True)), part
 
 
 class _NoDelta(FakeInstant4D):
