@@ -282,6 +282,49 @@ def test_seed_groups_mean_and_spread(tmp_path):
                                  seed_keys=["data.shuffle_seed"]))
 
 
+def test_with_seed_keys_each_run_is_paired_with_the_baselines_run_of_its_seed(tmp_path):
+    """Seeds 0 and 1 of `local` and `none` (the baseline group), `none` seed 1 missing: local/seed 0 is paired
+    with none/seed 0 (not with another seed's frames), local/seed 1 with nothing; the over-seeds table has the
+    paired difference per group."""
+    f = write_sweep(tmp_path / "p.py", workdir=tmp_path / "root", grid={"model.fusion": ["local", "none"]},
+                    zip=[{"seed": [0, 1]}], seed_keys=["seed"], baseline="fusion-none__seed-0")
+    sw = S.load_sweep(f)
+    rng = np.random.default_rng(3)
+    per = {(fu, s): rng.normal(22.0, 1.0, 30) for fu in ("local", "none") for s in (0, 1)}
+    per["local", 0] = per["none", 0] + 0.4 + rng.normal(0, 0.1, 30)
+
+    def ev(x):
+        v = [float(a) for a in x]
+        return {"self": {"psnr": float(np.mean(x)), "region_psnr": float(np.mean(x)) - 3, "frames": "f",
+                         "per_frame": {"psnr": v, "region_psnr": [a - 3 for a in v]}}}
+
+    rows = []
+    for run in sw.runs:
+        key = (run.overrides["model.fusion"], run.overrides["seed"])
+        rows.append({"name": run.name, "overrides": S.normalise(run.overrides), "eval": ev(per[key]),
+                     "status": "failed" if key == ("none", 1) else "finished"})
+    rows = [r for r in rows if r["name"] != "fusion-none__seed-1"]  # the baseline group's seed 1 is not in the sweep
+    base = next(r for r in rows if r["name"] == sw.baseline)
+    partners = {r["name"]: (S.baseline_partner(sw, rows, r, base) or {}).get("name") for r in rows}
+    assert partners == {"fusion-local__seed-0": "fusion-none__seed-0", "fusion-local__seed-1": None,
+                        "fusion-none__seed-0": "fusion-none__seed-0"}
+    for r in rows:
+        p = S.baseline_partner(sw, rows, r, base)
+        r["baseline_run"] = p["name"] if p else None
+        r["vs_baseline"] = S.versus_baseline(r["eval"], p["eval"]) if p else None
+    d = per["local", 0] - per["none", 0]
+    assert rows[0]["vs_baseline"]["psnr"] == pytest.approx([d.mean(), 1.96 * d.std(ddof=1) / np.sqrt(30), 30])
+    table = table_rows(S.markdown_table(sw, rows, {"finished": 3}))
+    col = "Δ self PSNR vs fusion-none__seed-0 (same seed) (dB)"
+    assert table["fusion-local__seed-0"][col] == f"{d.mean():+.2f} ± {1.96 * d.std(ddof=1) / np.sqrt(30):.2f}"
+    assert table["fusion-local__seed-1"][col] == "–" and table["fusion-none__seed-0"][col] == "0 (baseline)"
+    groups = {g["overrides"]["model.fusion"]: g for g in S.seed_groups(sw, rows)}
+    st = groups["local"]["stats"]["Δ self PSNR vs baseline, same seed (dB)"]
+    assert st["n"] == 1 and st["mean"] == pytest.approx(d.mean())
+    assert "Δ self PSNR vs baseline, same seed (dB)" not in groups["none"]["stats"]  # the baseline's own zeros
+    assert "Δ self PSNR vs baseline, same seed (dB)" in S.seeds_table(sw, list(groups.values()))
+
+
 @pytest.mark.parametrize("kind", ["sweep", "config"])
 def test_broken_python_files_are_named(tmp_path, kind):
     """Sweep and config files load through one loader; each failure names the kind of file and its path."""

@@ -15,6 +15,7 @@ from jax_instant4d.sweep.collect import (
     PAIRED,
     SEED_COLUMNS,
     PlotError,
+    baseline_partner,
     collect,
     markdown_table,
     plot_quality_speed,
@@ -45,7 +46,7 @@ from jax_instant4d.sweep.spec import (
 
 __all__ = [
     "COLUMNS", "LOG", "MISSING", "PAIRED", "RECORD", "RESUMABLE_KEYS", "SEED_COLUMNS", "SWEEP_KEYS", "PlotError",
-    "Run", "RunState", "Sweep", "SweepError", "Value", "cli_value", "collect", "expand", "load_sweep",
-    "markdown_table", "normalise", "now", "plot_quality_speed", "run_name", "run_state", "seed_groups",
+    "Run", "RunState", "Sweep", "SweepError", "Value", "baseline_partner", "cli_value", "collect", "expand",
+    "load_sweep", "markdown_table", "normalise", "now", "plot_quality_speed", "run_name", "run_state", "seed_groups",
     "seeds_table", "status_text", "versus_baseline", "write_json",
 ]

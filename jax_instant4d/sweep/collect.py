@@ -71,7 +71,9 @@ def collect(sweep: Sweep, *, plot: bool = True) -> dict[str, Any]:
                      "log": str(run.workdir / LOG) if (run.workdir / LOG).exists() else None, "eval": st.eval})
     base = next((r for r in rows if r["name"] == sweep.baseline), None)
     for r in rows:
-        r["vs_baseline"] = versus_baseline(r["eval"], base["eval"] if base else None) if sweep.baseline else None
+        partner = baseline_partner(sweep, rows, r, base)
+        r["baseline_run"] = partner["name"] if partner else None
+        r["vs_baseline"] = versus_baseline(r["eval"], partner["eval"]) if partner else None
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     groups = seed_groups(sweep, rows)
     summary = {"sweep": sweep.name, "sweep_file": str(sweep.path), "config": sweep.config, "root": str(sweep.root),
@@ -87,6 +89,25 @@ def collect(sweep: Sweep, *, plot: bool = True) -> dict[str, Any]:
         plot_quality_speed(sweep, rows, sweep.root / "sweep.png")
         logger.info("[sweep %s] wrote %s", sweep.name, sweep.root / "sweep.png")
     return summary
+
+
+def baseline_partner(sweep: Sweep, rows: list[dict[str, Any]], row: dict[str, Any],
+                     base: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run ``row`` is paired with: the baseline run, or with ``seed_keys`` the run of the baseline's group
+    (equal to the baseline in every other override) that has ``row``'s seeds (None if that run is not in the
+    sweep: runs of different seeds are not paired)."""
+    if not sweep.baseline or base is None:
+        return None
+    if not sweep.seed_keys:
+        return base
+    rest = {k: v for k, v in base["overrides"].items() if k not in sweep.seed_keys}
+    seeds = {k: row["overrides"].get(k) for k in sweep.seed_keys}
+    for r in rows:
+        ov = r["overrides"]
+        if {k: v for k, v in ov.items() if k not in sweep.seed_keys} == rest and \
+                all(ov.get(k) == v for k, v in seeds.items()):
+            return r
+    return None
 
 
 # Over seeds: (header, path in the eval JSON or "gap" for the expression gap closed, digits)
@@ -130,6 +151,10 @@ def seed_groups(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]
                 v = _seed_value(r["eval"], path)
                 if v is not None:
                     g["metrics"].setdefault(h, []).append(float(v))
+            for h, key in PAIRED:  # each seed's paired difference to the baseline of the same seed
+                d = (r.get("vs_baseline") or {}).get(key)
+                if d is not None and r.get("baseline_run") != r["name"]:
+                    g["metrics"].setdefault(_paired_seed_header(h), []).append(float(d[0]))
     out = []
     for g in groups.values():
         stats = {}
@@ -141,27 +166,37 @@ def seed_groups(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
+def _paired_seed_header(h: str) -> str:
+    return f"Δ {h} vs baseline, same seed (dB)"
+
+
 def seeds_table(sweep: Sweep, groups: list[dict[str, Any]]) -> str:
     if not groups:
         return ""
-    head = ["group", "seeds finished", *(h for h, _p, _d in SEED_COLUMNS)]
+    columns = [(h, d) for h, _p, d in SEED_COLUMNS]
+    columns += [(_paired_seed_header(h), 2) for h, _k in PAIRED
+                if any(_paired_seed_header(h) in g["stats"] for g in groups)]
+    head = ["group", "seeds finished", *(h for h, _d in columns)]
     lines = ["", f"## Over seeds ({', '.join(f'`{k}`' for k in sweep.seed_keys)})", "",
-             "| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(SEED_COLUMNS)]
+             "| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(columns)]
     for g in groups:
         name = ", ".join(f"`{k}={cli_value(v)}`" for k, v in g["overrides"].items()) or "(base)"
         cells = [name, f"{g['finished']} of {len(g['runs'])}"]
-        for h, _p, d in SEED_COLUMNS:
+        for h, d in columns:
             st = g["stats"].get(h)
+            sign = "+" if h.startswith("Δ") else ""
             if st is None:
                 cells.append(MISSING)
             elif st["std"] is None:
-                cells.append(f"{st['mean']:.{d}f} (1 seed)")
+                cells.append(f"{st['mean']:{sign}.{d}f} (1 seed)")
             else:
-                cells.append(f"{st['mean']:.{d}f} ± {st['std']:.{d}f}")
+                cells.append(f"{st['mean']:{sign}.{d}f} ± {st['std']:.{d}f}")
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines += ["", "Mean ± sample standard deviation over the seeds (each seed a separately trained run); per-seed "
                   "values in sweep.json. Gap closed: (undriven − ours) / (undriven − reference) of the expression "
-                  "error.", ""]
+                  "error." + (" Δ … same seed: over the seeds, each seed's mean per-frame difference to the "
+                             "baseline's run of that seed (the per-seed intervals are in the table above)."
+                             if any(h.startswith("Δ") for h, _d in columns) else ""), ""]
     return "\n".join(lines)
 
 
@@ -188,7 +223,8 @@ def versus_baseline(ev: dict[str, Any] | None, base: dict[str, Any] | None) -> d
 
 def markdown_table(sweep: Sweep, rows: list[dict[str, Any]], counts: dict[str, int]) -> str:
     fixed = ", ".join(f"`{k}={cli_value(v)}`" for k, v in sweep.fixed.items()) or "none"
-    paired = [(f"Δ {h} vs {sweep.baseline} (dB)", k) for h, k in PAIRED] if sweep.baseline else []
+    same_seed = " (same seed)" if sweep.seed_keys else ""
+    paired = [(f"Δ {h} vs {sweep.baseline}{same_seed} (dB)", k) for h, k in PAIRED] if sweep.baseline else []
     head = ["run", "overrides", "status", *(c[0] for c in COLUMNS), *(p[0] for p in paired)]
     lines = [f"# Sweep `{sweep.name}`", "",
              f"Base config `{sweep.config}`; fixed overrides: {fixed}; eval split `{sweep.split}`; "
@@ -202,8 +238,8 @@ def markdown_table(sweep: Sweep, rows: list[dict[str, Any]], counts: dict[str, i
             cells.append(MISSING if v is None else fmt(v))
         for _h, key in paired:
             d = (r.get("vs_baseline") or {}).get(key)
-            cells.append(MISSING if d is None else ("0 (baseline)" if r["name"] == sweep.baseline
-                                                    else f"{d[0]:+.2f} ± {d[1]:.2f}"))
+            own = r.get("baseline_run", sweep.baseline if r["name"] == sweep.baseline else None) == r["name"]
+            cells.append(MISSING if d is None else ("0 (baseline)" if own else f"{d[0]:+.2f} ± {d[1]:.2f}"))
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     problems = [r for r in rows if r["status"] not in ("finished", "pending")]
     if problems:
@@ -211,8 +247,11 @@ def markdown_table(sweep: Sweep, rows: list[dict[str, Any]], counts: dict[str, i
         lines += [f"- `{r['name']}`: {r['status']}" + (f" ({r['detail']})" if r["detail"] else "")
                   + (f"; log `{r['log']}`" if r["log"] else "") for r in problems]
     if paired:
-        lines += ["", f"Δ: the mean over the same held-out frames of each frame's difference to run "
-                      f"`{sweep.baseline}`, ± the half-width of its 95% interval (1.96 standard errors)."]
+        keys = ", ".join(f"`{k}`" for k in sweep.seed_keys)
+        partner = (f"the run of `{sweep.baseline}`'s group with the same seeds ({keys})" if sweep.seed_keys
+                   else f"run `{sweep.baseline}`")
+        lines += ["", f"Δ: the mean over the same held-out frames of each frame's difference to {partner}, ± the "
+                      f"half-width of its 95% interval (1.96 standard errors)."]
     lines += ["", "![self-reenactment PSNR vs animation frames/s](sweep.png)", ""]
     return "\n".join(lines)
 
