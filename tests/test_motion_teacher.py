@@ -99,6 +99,22 @@ def test_freeze_needs_weights(cfg):
         motion_weights.prepare(bad)
 
 
+def test_pretraining_settings_are_config_keys_whose_defaults_keep_the_cache_name(cfg):
+    """``data.motion_teacher.*`` feed the settings (and so the cache file); their defaults are the settings'
+    defaults, so a teacher cached before the keys existed keeps its name."""
+    import dataclasses
+
+    settings = motion_teacher.settings_for(cfg)
+    defaults = {f.name: f.default for f in dataclasses.fields(settings) if f.default is not dataclasses.MISSING}
+    assert set(cfg.data.motion_teacher) == set(defaults)
+    assert settings == dataclasses.replace(settings, **defaults)
+    more = apply_overrides(cfg, ["data.motion_teacher.pairs=4096", "data.motion_teacher.learning_rate=0.001"])
+    s2 = motion_teacher.settings_for(more)
+    assert (s2.pairs, s2.learning_rate, s2.steps) == (4096, 0.001, settings.steps)
+    assert motion_teacher.cache_path(more) != motion_teacher.cache_path(cfg)
+    assert motion_teacher.settings_for(more, pairs=16).pairs == 16  # explicit overrides come last
+
+
 def test_prepare_records_hash_and_refuses_another_file(cfg, teacher):
     _, _, path = teacher
     run = motion_weights.prepare(apply_overrides(cfg, [f"model.motion.weights={path}", "model.motion.freeze=true"]))

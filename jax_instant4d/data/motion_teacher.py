@@ -38,7 +38,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import jax
@@ -89,7 +89,8 @@ class MotionTeacherSettings:
 
 
 def settings_for(cfg: ConfigDict, **overrides) -> MotionTeacherSettings:
-    """The teacher settings of a config whose dataset is ``synthetic_heads``."""
+    """The teacher settings of a config whose dataset is ``synthetic_heads``: its pretraining settings are
+    ``data.motion_teacher`` (``overrides`` replace them)."""
     if str(cfg.data.dataset) != "synthetic_heads":
         raise ValueError(f"model.motion.weights={TEACHER!r} needs data.dataset='synthetic_heads' (the synthetic "
                          f"teacher), got {cfg.data.dataset!r}; give a weights file instead")
@@ -97,6 +98,9 @@ def settings_for(cfg: ConfigDict, **overrides) -> MotionTeacherSettings:
               if k not in ("weights", "freeze", "weights_sha256")}
     base = dict(dataset=synthetic.spec_from_config(cfg).name, motion=json.dumps(motion, sort_keys=True),
                 image_size=int(cfg.model.image_size), resolution=int(cfg.data.resolution))
+    types = {f.name: f.type for f in fields(MotionTeacherSettings)}
+    for k, v in cfg.data.motion_teacher.items():
+        base[k] = float(v) if types[k] in (float, "float") else int(v)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return MotionTeacherSettings(**base)
 
