@@ -55,6 +55,22 @@ def test_two_seeds_are_averaged_per_step_and_written(tmp_path):
     assert out.stat().st_size > 10_000
 
 
+def test_the_runs_own_evaluation_counts_for_its_step(tmp_path):
+    """``RUN/eval_heldout.json`` (what ``instant4d eval`` writes by default) is read for its step; the other
+    steps come from ``RUN/curves/``."""
+    run = _run(tmp_path, "a", "local", {1000: dict(rp=18.0, p=21.0, e=0.4)})
+    (run / "checkpoints" / "2000").mkdir()
+    (run / "checkpoints" / "2000" / "state").write_text("x")
+    own = json.loads(curves.eval_path(run, "heldout", 1000).read_text())
+    own.update(step=2000, split="heldout")
+    own["self"] = {**own["self"], "region_psnr": 19.5}
+    (run / "eval_heldout.json").write_text(json.dumps(own))
+    got = curves.evaluate_steps(run, None)
+    assert sorted(got) == [1000, 2000] and got[2000]["self"]["region_psnr"] == 19.5
+    assert got[1000]["self"]["region_psnr"] == 18.0
+    assert not curves.eval_path(run, "heldout", 2000).exists()  # read where it is, not copied
+
+
 def test_cli_errors_name_the_value(tmp_path, capsys):
     run = _run(tmp_path, "a", "local", {1000: dict(rp=18.0, p=21.0, e=0.4)})
     for args, expected in (([f"--run={run}"], "expected LABEL=WORKDIR"),

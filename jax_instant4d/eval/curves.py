@@ -5,7 +5,8 @@
 
 Every kept checkpoint step of every run (or those of ``--steps``) is evaluated once with
 :func:`jax_instant4d.eval.run.evaluate` (the multi-view consistency score is skipped) into
-``<run>/curves/eval_<split>_step<N>.json``; an evaluation found there is read, not redone. Runs given the
+``<run>/curves/eval_<split>_step<N>.json``; an evaluation found there, or the run's own ``eval_<split>.json`` when it
+is of that step, is read, not redone. Runs given the
 same label (``--run ours=A --run ours=B``: other seeds) are averaged per step, with the spread (sample
 standard deviation) over them. The plot has three panels against the training step: self-reenactment
 eyes + mouth PSNR, expression error and full-frame PSNR, each run's undriven avatar (z_drv = z_src) dashed
@@ -80,8 +81,14 @@ def evaluate_steps(run: Path, steps: list[int] | None, split: str = "heldout",
     if missing:
         raise CurvesError(f"--run {run}: no checkpoint at step(s) {missing} (kept: {have})")
     results = {}
+    final = run / f"eval_{split}.json"  # the run's own evaluation (instant4d eval's default output)
+    final_result = json.loads(final.read_text()) if final.is_file() else None
     for s in want:
         path = eval_path(run, split, s)
+        if not path.exists() and final_result is not None and final_result.get("step") == s \
+                and final_result.get("split") in (split, None):
+            results[s] = final_result
+            continue
         if not path.exists():
             from jax_instant4d.eval.run import evaluate
 
