@@ -4,6 +4,7 @@ loading ``model.motion.weights`` strictly, and a frozen encoder that training le
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -113,6 +114,11 @@ def test_pretraining_settings_are_config_keys_whose_defaults_keep_the_cache_name
     assert (s2.pairs, s2.learning_rate, s2.steps) == (4096, 0.001, settings.steps)
     assert motion_teacher.cache_path(more) != motion_teacher.cache_path(cfg)
     assert motion_teacher.settings_for(more, pairs=16).pairs == 16  # explicit overrides come last
+    for bad, said in (("steps=0", "data.motion_teacher.steps=0: must be an integer >= 1"),
+                      ("learning_rate=0.0", "data.motion_teacher.learning_rate=0.0: must be a finite number > 0"),
+                      ("invariance=-0.5", "data.motion_teacher.invariance=-0.5: must be a finite number >= 0")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            motion_teacher.settings_for(apply_overrides(cfg, [f"data.motion_teacher.{bad}"]))
 
 
 def test_prepare_records_hash_and_refuses_another_file(cfg, teacher):

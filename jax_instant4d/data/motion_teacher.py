@@ -48,7 +48,7 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float, UInt8
 
-from jax_instant4d.config import ConfigDict, apply_overrides
+from jax_instant4d.config import ConfigDict, ConfigError, apply_overrides
 from jax_instant4d.data import groundtruth, heads, record, synthetic
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,19 @@ def settings_for(cfg: ConfigDict, **overrides) -> MotionTeacherSettings:
                 image_size=int(cfg.model.image_size), resolution=int(cfg.data.resolution))
     types = {f.name: f.type for f in fields(MotionTeacherSettings)}
     for k, v in cfg.data.motion_teacher.items():
-        base[k] = float(v) if types[k] in (float, "float") else int(v)
+        name = f"data.motion_teacher.{k}"
+        if types[k] in (float, "float"):
+            low = "> 0" if k == "learning_rate" else ">= 0"
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+                (v > 0 if k == "learning_rate" else v >= 0)
+            if not ok:
+                raise ConfigError(f"{name}={v!r}: must be a finite number {low}")
+            base[k] = float(v)
+        else:
+            low = 0 if k == "seed" else 1
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
+                raise ConfigError(f"{name}={v!r}: must be an integer >= {low}")
+            base[k] = int(v)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return MotionTeacherSettings(**base)
 
