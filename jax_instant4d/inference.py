@@ -33,6 +33,11 @@ class Trained:
     used_ema: bool
 
 
+def checkpoint_steps(folder: Path) -> list[int]:
+    """The steps of a checkpoints folder: its non-empty sub-folders named by a number, in order."""
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and any(p.iterdir()))
+
+
 def resolve_checkpoint(checkpoint: str | Path, step: int | None = None) -> tuple[Path, int]:
     """(checkpoints folder, step) for a work directory, a checkpoints folder or a step folder."""
     path = Path(checkpoint).expanduser().absolute()
@@ -43,8 +48,7 @@ def resolve_checkpoint(checkpoint: str | Path, step: int | None = None) -> tuple
             raise ConfigError(f"--checkpoint {checkpoint} is step {path.name} but --step {step} was given")
         return path.parent, int(path.name)
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()
-                   and any(p.iterdir()))
+    steps = checkpoint_steps(folder)
     if not steps:
         raise CheckpointNotFound(f"--checkpoint {checkpoint}: no checkpoint steps in {folder}")
     if step is None:

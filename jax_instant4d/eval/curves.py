@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from jax_instant4d.eval.paper import result_value
+
 log = logging.getLogger(__name__)
 
 # (key in the result, path in the eval JSON)
@@ -51,10 +53,12 @@ def eval_path(run: Path, split: str, step: int) -> Path:
 
 def kept_steps(run: Path) -> list[int]:
     """The checkpoint steps a work directory holds (non-empty step folders)."""
+    from jax_instant4d.inference import checkpoint_steps  # imports JAX: not at CLI start-up
+
     folder = run / "checkpoints"
     if not folder.is_dir():
         raise CurvesError(f"--run {run}: no checkpoints folder")
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and any(p.iterdir()))
+    return checkpoint_steps(folder)
 
 
 def parse_runs(values: list[str]) -> list[tuple[str, Path]]:
@@ -100,15 +104,6 @@ def evaluate_steps(run: Path, steps: list[int] | None, split: str = "heldout",
     return results
 
 
-def _value(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
-    node: Any = result
-    for p in path:
-        if not isinstance(node, dict) or node.get(p) is None:
-            return None
-        node = node[p]
-    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
-
-
 def aggregate(runs: list[tuple[str, dict[int, dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
     """Per label: ``{"runs": n, "driven": bool, "steps": [...], metric: {"mean": [...], "std": [...]}}`` at the
     steps every run of the label was evaluated at (std is None for one run)."""
@@ -123,7 +118,7 @@ def aggregate(runs: list[tuple[str, dict[int, dict[str, Any]]]]) -> dict[str, di
         for key, path in METRICS:
             mean, std = [], []
             for s in steps:
-                vals = [_value(r[s], path) for r in group]
+                vals = [result_value(r[s], path) for r in group]
                 if any(v is None for v in vals):
                     mean.append(None)
                     std.append(None)

@@ -114,6 +114,17 @@ def driving_table(result: dict) -> list[str]:
     return lines
 
 
+def result_value(result: dict | None, path: tuple[str, ...]) -> int | float | None:
+    """The number at ``path`` in an evaluation result (``("self", "psnr")``); None where a key is missing,
+    a value is None or what is there is not a number."""
+    node = result
+    for p in path:
+        if not isinstance(node, dict) or node.get(p) is None:
+            return None
+        node = node[p]
+    return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
 def reachable_share(m: dict) -> float | None:
     """Eyes + mouth PSNR: the share of the gain reachable at the avatar's reconstruction quality that the
     driving frame delivers, (ours − undriven) / (ceiling − undriven); None without a ceiling."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from jax_instant4d.eval.paper import result_value
 from jax_instant4d.sweep.spec import LOG, Sweep, cli_value, normalise, now, run_state, write_json
 
 logger = logging.getLogger(__name__)
@@ -25,15 +26,6 @@ class PlotError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 # Collect: table, JSON, plot
 # --------------------------------------------------------------------------------------------------
-
-
-def _metric(ev: dict[str, Any] | None, path: tuple[str, ...]) -> float | None:
-    node: Any = ev
-    for p in path:
-        if not isinstance(node, dict) or node.get(p) is None:
-            return None
-        node = node[p]
-    return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
 
 
 def _fps(v: float) -> str:
@@ -129,9 +121,9 @@ def _seed_value(ev: dict[str, Any] | None, path: tuple[str, ...]) -> float | Non
         return gap_closed((ev or {}).get(path[1]) or {})
     if "-" in path:
         i = path.index("-")
-        a, b = _metric(ev, path[:i]), _metric(ev, path[i + 1:])
+        a, b = result_value(ev, path[:i]), result_value(ev, path[i + 1:])
         return None if a is None or b is None else a - b
-    return _metric(ev, path)
+    return result_value(ev, path)
 
 
 def seed_groups(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -234,7 +226,7 @@ def markdown_table(sweep: Sweep, rows: list[dict[str, Any]], counts: dict[str, i
         ov = ", ".join(f"`{k}={cli_value(v)}`" for k, v in r["overrides"].items()) or "(base)"
         cells = [r["name"], ov, r["status"]]
         for _h, path, fmt in COLUMNS:
-            v = _metric(r["eval"], path)
+            v = result_value(r["eval"], path)
             cells.append(MISSING if v is None else fmt(v))
         for _h, key in paired:
             d = (r.get("vs_baseline") or {}).get(key)
@@ -266,14 +258,14 @@ def plot_quality_speed(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> 
         raise PlotError(f"plotting {path} needs matplotlib, which is not installed (pip install matplotlib); "
                         f"{sweep.root / 'sweep.md'} and sweep.json were written") from e
     panels = [(("self", "psnr"), f"self-reenactment PSNR (dB), split {sweep.split}")]
-    if any(_metric(r["eval"], ("self", "region_psnr")) is not None for r in rows):
+    if any(result_value(r["eval"], ("self", "region_psnr")) is not None for r in rows):
         panels.append((("self", "region_psnr"), "eyes + mouth PSNR (dB), self-reenactment"))
     fig = Figure(figsize=(7.0 * len(panels), 4.8), dpi=120)
     FigureCanvasAgg(fig)
     for j, (metric, ylabel) in enumerate(panels):
         points = []
         for r in rows:
-            q, fps = _metric(r["eval"], metric), _metric(r["eval"], ("animate_fps",))
+            q, fps = result_value(r["eval"], metric), result_value(r["eval"], ("animate_fps",))
             if (r["status"] == "finished" and q is not None and fps is not None and fps > 0
                     and math.isfinite(fps) and math.isfinite(q)):
                 points.append((r["name"], float(fps), float(q)))
