@@ -61,6 +61,9 @@ def test_pretrain_writes_xnemo_layout_that_loads_exactly(cfg, teacher):
     for key in ("mae", "baseline_mae", "per_parameter_mae", "same_expression_distance_ratio", "history"):
         assert key in info
     assert set(info["per_parameter_mae"]) == set(record.EXPRESSION_NAMES)
+    # the held-out curve: its last point is the trained encoder's read-out before the projection
+    assert [h["step"] for h in info["history"]][-1] == TINY_TEACHER["steps"]
+    assert info["history"][-1]["heldout_mae"] == pytest.approx(info["before_projection"]["mae"], rel=1e-5)
     assert json.loads(path.with_suffix(".json").read_text())["mae"] == pytest.approx(info["mae"])
     fresh = MotionEncoder(cfg.model, rngs=nnx.Rngs(7))
     fresh.eval()

@@ -244,10 +244,15 @@ def pretrain(cfg: ConfigDict, settings: MotionTeacherSettings | None = None, bac
         expr[flip] = record.mirror_expression(expr[flip])
         loss, regression, inv = step(model, opt, jnp.asarray(frames), jnp.asarray(record.normalise_expression(expr)))
         if i == 0 or (i + 1) % max(1, s.steps // 6) == 0:
+            # the held-out read-out at this step (eval mode: BatchNorm's running statistics, no update, so the
+            # weights are those of a run that does not measure); a curve to read, never used to pick a step
+            model.eval()
+            held = float(np.abs(readout_predictions(model, x_val, size) - np.repeat(e_val, 2, axis=0)).mean())
+            model.train()
             history.append({"step": i + 1, "loss": float(loss), "regression": float(regression),
-                            "invariance": float(inv)})
-            log.info("motion teacher: step %d/%d loss %.4f (regression %.4f, invariance %.3f)", i + 1, s.steps,
-                     float(loss), float(regression), float(inv))
+                            "invariance": float(inv), "heldout_mae": held})
+            log.info("motion teacher: step %d/%d loss %.4f (regression %.4f, invariance %.3f), held-out read-out "
+                     "MAE %.4f", i + 1, s.steps, float(loss), float(regression), float(inv), held)
     fit_s = time.perf_counter() - t1
 
     model.eval()
@@ -311,14 +316,31 @@ def scale_code(encoder: nnx.Module, frames: UInt8[np.ndarray, "P 2 R R 3"], imag
     return {"scale": scale, "spread_before": spread, "spread_after": spread * scale}
 
 
+@nnx.jit(static_argnums=2)
+def _codes_jit(model: _Pretrain, x: Float[Array, "B R R 3"], image_size: int) -> Float[Array, "B D"]:
+    return model.codes(x, image_size)
+
+
+def _codes(model: _Pretrain, frames: UInt8[np.ndarray, "P 2 R R 3"], image_size: int, batch: int = 32
+           ) -> Float[np.ndarray, "N D"]:
+    """The codes of every frame of ``frames`` (pairs flattened: [2P, D])."""
+    flat = frames.reshape(-1, *frames.shape[2:]).astype(np.float32) / 255.0
+    return np.concatenate([np.asarray(_codes_jit(model, jnp.asarray(flat[i:i + batch]), image_size))
+                           for i in range(0, len(flat), batch)])
+
+
+def readout_predictions(model: _Pretrain, frames: UInt8[np.ndarray, "P 2 R R 3"], image_size: int
+                        ) -> Float[np.ndarray, "N E"]:
+    """The read-out's expression parameters for every frame of ``frames`` ([2P, E])."""
+    codes = _codes(model, frames, image_size)
+    return record.denormalise_expression(np.asarray(model.readout(jnp.asarray(codes))))
+
+
 def measure(model: _Pretrain, frames: UInt8[np.ndarray, "P 2 R R 3"], expr: Float[np.ndarray, "P E"],
             train_expr: Float[np.ndarray, "N E"], image_size: int, batch: int = 32) -> dict:
     """Accuracy of a (pretrained) encoder + read-out on pairs it did not train on."""
-    codes_fn = nnx.jit(lambda m, x: m.codes(x, image_size))
     n = len(frames)
-    flat = frames.reshape(2 * n, *frames.shape[2:]).astype(np.float32) / 255.0
-    codes = np.concatenate([np.asarray(codes_fn(model, jnp.asarray(flat[i:i + batch])))
-                            for i in range(0, len(flat), batch)])
+    codes = _codes(model, frames, image_size, batch)
     pred = record.denormalise_expression(np.asarray(model.readout(jnp.asarray(codes))))
     truth = np.repeat(expr, 2, axis=0)
     err = np.abs(pred - truth).mean(0)
