@@ -1,6 +1,7 @@
 """The headline comparison at CPU size, over 3 training seeds: the paper's setting (the synthetic teacher's
-pretrained, frozen motion encoder; ``configs/small.py``), the static avatar (``model.fusion=none``) and the
-motion encoder trained from scratch with the avatar, each for the small demo's steps.
+pretrained, frozen motion encoder; ``configs/small.py``), the static avatar (``model.fusion=none``), the
+motion encoder trained from scratch with the avatar, and the teacher's encoder pretrained 5x longer
+(``data.motion_teacher.steps=3000``), each for the small demo's steps.
 
     instant4d sweep configs/sweeps/motion.py list
     instant4d sweep configs/sweeps/motion.py launch            # one after another, then collect
@@ -29,7 +30,10 @@ def get_sweep():
         "zip": [{"seed": list(SEEDS), "train.seed": list(SEEDS), "data.shuffle_seed": list(SEEDS)}],
         "grid": {"model.fusion": ["local", "none"]},
         "runs": [{"name": f"motion-scratch__seed-{s}", "model.motion.weights": "", "model.motion.freeze": False,
-                  "seed": s, "train.seed": s, "data.shuffle_seed": s} for s in SEEDS],
+                  "seed": s, "train.seed": s, "data.shuffle_seed": s} for s in SEEDS]
+        # the teacher's encoder pretrained 5x longer (3,000 steps instead of 600), frozen
+        + [{"name": f"teacher-3000__seed-{s}", "data.motion_teacher.steps": 3000,
+            "seed": s, "train.seed": s, "data.shuffle_seed": s} for s in SEEDS],
         "seed_keys": ["seed", "train.seed", "data.shuffle_seed"],
         "split": "heldout",
         "baseline": "fusion-none__seed-0__train.seed-0__shuffle_seed-0",
