@@ -16,7 +16,7 @@ from pathlib import Path
 from jax_instant4d.config import load_config_file
 
 BASE = "configs/medium.py"
-SEEDS = (0, 1)  # two seeds: what fitted in one session on 2 cores (README, "Longer training")
+SEEDS = (0, 1, 2)
 
 
 def get_sweep():
