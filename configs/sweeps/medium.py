@@ -1,5 +1,5 @@
 """The headline comparison trained three times longer (``configs/medium.py``, 6,000 steps): the teacher's
-frozen motion encoder (``fusion=local``) against the static avatar (``fusion=none``), seeds 0 and 1.
+frozen motion encoder (``fusion=local``) against the static avatar (``fusion=none``), seeds 0, 1 and 2.
 
     instant4d sweep configs/sweeps/medium.py launch     # train and evaluate each run, then collect
     instant4d sweep configs/sweeps/medium.py collect    # sweep.md: per run, paired differences, mean ± spread
