@@ -1,7 +1,8 @@
 """The headline comparison at CPU size, over 3 training seeds: the paper's setting (the synthetic teacher's
 pretrained, frozen motion encoder; ``configs/small.py``), the static avatar (``model.fusion=none``), the
-motion encoder trained from scratch with the avatar, and the teacher's encoder pretrained 5x longer
-(``data.motion_teacher.steps=3000``), each for the small demo's steps.
+motion encoder trained from scratch with the avatar, the teacher's encoder pretrained 5x longer
+(``data.motion_teacher.steps=3000``) and the fusion's last layer initialised 10x larger
+(``model.fusion_init=0.1``), each for the small demo's steps.
 
     instant4d sweep configs/sweeps/motion.py list
     instant4d sweep configs/sweeps/motion.py launch            # one after another, then collect
@@ -33,6 +34,10 @@ def get_sweep():
                   "seed": s, "train.seed": s, "data.shuffle_seed": s} for s in SEEDS]
         # the teacher's encoder pretrained 5x longer (3,000 steps instead of 600), frozen
         + [{"name": f"teacher-3000__seed-{s}", "data.motion_teacher.steps": 3000,
+            "seed": s, "train.seed": s, "data.shuffle_seed": s} for s in SEEDS]
+        # the fusion MLP's last layer initialised 10x smaller instead of 100x (delta_f at initialisation 10x the
+        # paper's): does the driving frame start to matter earlier than step ~1,000?
+        + [{"name": f"fusion-init-0.1__seed-{s}", "model.fusion_init": 0.1,
             "seed": s, "train.seed": s, "data.shuffle_seed": s} for s in SEEDS],
         "seed_keys": ["seed", "train.seed", "data.shuffle_seed"],
         "split": "heldout",
