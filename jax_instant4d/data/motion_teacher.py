@@ -177,10 +177,16 @@ class _Pretrain(nnx.Module):
         self.readout = nnx.Linear(int(model_cfg.motion.code_dim), record.NUM_EXPRESSION, rngs=rngs)
 
     def codes(self, frames: Float[Array, "B R R 3"], image_size: int) -> Float[Array, "B D"]:
-        from jax_instant4d.model.motion import face_crop
+        return encoder_codes(self.encoder, frames, image_size)
 
-        code, _tokens = self.encoder(face_crop(motion_input(frames, image_size), self.encoder.crop_size))
-        return code
+
+def encoder_codes(encoder: nnx.Module, frames: Float[Array, "B R R 3"], image_size: int) -> Float[Array, "B D"]:
+    """The motion encoder's codes of frames in [0, 1], fed as training feeds driving frames (resized to
+    ``image_size``, then the face crop)."""
+    from jax_instant4d.model.motion import face_crop
+
+    code, _tokens = encoder(face_crop(motion_input(frames, image_size), encoder.crop_size))
+    return code
 
 
 def invariance_ratio(code_a: Float[Array, "B D"], code_b: Float[Array, "B D"]) -> Float[Array, ""]:
@@ -297,12 +303,7 @@ def scale_code(encoder: nnx.Module, frames: UInt8[np.ndarray, "P 2 R R 3"], imag
     conditioning signal the avatar's AdaLN would need thousands of steps to amplify. Distances between
     codes scale uniformly, so the identity-invariance ratio does not change. Returns the scale and the
     spread before and after."""
-    from jax_instant4d.model.motion import face_crop
-
-    codes_fn = nnx.jit(lambda e, x: e(face_crop(motion_input(x, image_size), e.crop_size))[0])
-    flat = frames.reshape(-1, *frames.shape[2:]).astype(np.float32) / 255.0
-    codes = np.concatenate([np.asarray(codes_fn(encoder, jnp.asarray(flat[i:i + batch])))
-                            for i in range(0, len(flat), batch)]).astype(np.float64)
+    codes = _codes(encoder, frames, image_size, batch).astype(np.float64)
     out = codes - encoder.token_positions().reshape(-1)  # final_proj's output
     mean = out.mean(0)
     spread = float(np.sqrt(np.sum(out.var(0))))  # total standard deviation
@@ -317,31 +318,35 @@ def scale_code(encoder: nnx.Module, frames: UInt8[np.ndarray, "P 2 R R 3"], imag
 
 
 @nnx.jit(static_argnums=2)
-def _codes_jit(model: _Pretrain, x: Float[Array, "B R R 3"], image_size: int) -> Float[Array, "B D"]:
-    return model.codes(x, image_size)
+def _codes_jit(encoder: nnx.Module, x: Float[Array, "B R R 3"], image_size: int) -> Float[Array, "B D"]:
+    return encoder_codes(encoder, x, image_size)
 
 
-def _codes(model: _Pretrain, frames: UInt8[np.ndarray, "P 2 R R 3"], image_size: int, batch: int = 32
+def _codes(encoder: nnx.Module, frames: UInt8[np.ndarray, "P 2 R R 3"], image_size: int, batch: int = 32
            ) -> Float[np.ndarray, "N D"]:
-    """The codes of every frame of ``frames`` (pairs flattened: [2P, D])."""
+    """The encoder's codes of every frame of ``frames`` (pairs flattened: [2P, D]), ``batch`` at a time."""
     flat = frames.reshape(-1, *frames.shape[2:]).astype(np.float32) / 255.0
-    return np.concatenate([np.asarray(_codes_jit(model, jnp.asarray(flat[i:i + batch]), image_size))
+    return np.concatenate([np.asarray(_codes_jit(encoder, jnp.asarray(flat[i:i + batch]), image_size))
                            for i in range(0, len(flat), batch)])
+
+
+def _read(model: _Pretrain, codes: Float[np.ndarray, "N D"]) -> Float[np.ndarray, "N E"]:
+    """The read-out's expression parameters (denormalised) of codes."""
+    return record.denormalise_expression(np.asarray(model.readout(jnp.asarray(codes))))
 
 
 def readout_predictions(model: _Pretrain, frames: UInt8[np.ndarray, "P 2 R R 3"], image_size: int
                         ) -> Float[np.ndarray, "N E"]:
     """The read-out's expression parameters for every frame of ``frames`` ([2P, E])."""
-    codes = _codes(model, frames, image_size)
-    return record.denormalise_expression(np.asarray(model.readout(jnp.asarray(codes))))
+    return _read(model, _codes(model.encoder, frames, image_size))
 
 
 def measure(model: _Pretrain, frames: UInt8[np.ndarray, "P 2 R R 3"], expr: Float[np.ndarray, "P E"],
             train_expr: Float[np.ndarray, "N E"], image_size: int, batch: int = 32) -> dict:
     """Accuracy of a (pretrained) encoder + read-out on pairs it did not train on."""
     n = len(frames)
-    codes = _codes(model, frames, image_size, batch)
-    pred = record.denormalise_expression(np.asarray(model.readout(jnp.asarray(codes))))
+    codes = _codes(model.encoder, frames, image_size, batch)
+    pred = _read(model, codes)
     truth = np.repeat(expr, 2, axis=0)
     err = np.abs(pred - truth).mean(0)
     median = np.median(train_expr, axis=0)
