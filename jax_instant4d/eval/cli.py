@@ -32,10 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                  "default: train.loss.identity_weights")
     parser.add_argument("--no-expression", action="store_true", help="skip the expression error (and its regressor)")
     parser.add_argument("--no-consistency", action="store_true", help="skip the multi-view consistency score")
+    # defaults named, not copied (stale copies said 3072 / 1500 / 64), and not imported: --help stays jax-free
+    where = "RegressorSettings in jax_instant4d/eval/expression.py"
     parser.add_argument("--regressor-images", type=int, default=None, help="training renders of the expression "
-                                                                           "regressor (default 3072)")
-    parser.add_argument("--regressor-steps", type=int, default=None, help="its training steps (default 1500)")
-    parser.add_argument("--regressor-res", type=int, default=None, help="its input resolution (default 64)")
+                                                                           f"regressor (default: {where})")
+    parser.add_argument("--regressor-steps", type=int, default=None, help=f"its training steps (default: {where})")
+    parser.add_argument("--regressor-res", type=int, default=None, help="the resolution it reads frames at "
+                                                                        f"(default: {where})")
     parser.add_argument("--timing-repeats", type=int, default=20, help="animate calls timed after warm-up")
 
 
