@@ -1,4 +1,7 @@
-"""Shared test set-up: four host CPU devices (for shard_map / mesh tests) and small helpers."""
+"""Shared test set-up: four host CPU devices (for shard_map / mesh tests), XLA's backend optimisations off,
+and small helpers."""
+
+import os
 
 import jax
 import numpy as np
@@ -6,6 +9,19 @@ import pytest
 
 # Must run before any JAX backend is initialised: every test process sees 4 CPU devices.
 jax.config.update("jax_num_cpu_devices", 4)
+
+# The tests check our code, not XLA's optimiser: with its backend optimisations off, compiling the real model's
+# train step takes ~45% less time and running it ~2x more, and the suite runs few steps of many programs (the
+# trade is measured in the README, "Tests"). Read by XLA when the backend starts, so set before any test runs;
+# processes the tests launch get it through ``child_env``.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a process a test launches: this one's, with ``XLA_FLAGS`` only
+    :data:`TEST_XLA_FLAGS` (no device count forced on it; the launcher or ``extra`` sets what it needs)."""
+    return {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS, **extra}
 
 
 def has_gpu() -> bool:

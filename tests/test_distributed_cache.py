@@ -5,13 +5,13 @@ each rerun or resume (minutes for the train step)."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,8 +50,7 @@ def _free_port() -> int:
 
 
 def _run(cache: Path) -> list[tuple[int, int, str]]:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    env.pop("XLA_FLAGS", None)
+    env = child_env(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(cache), port, str(i)], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]

@@ -9,7 +9,6 @@ the real grain pipeline on a synthetic dataset that the run itself generates.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import jax
 import pytest
+from conftest import child_env
 from fakes import FakeInstant4D, tiny_config
 
 from jax_instant4d.train.checkpoint import Checkpointer
@@ -38,8 +38,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    e = dict(os.environ)
-    e.pop("XLA_FLAGS", None)
+    e = child_env()
     e.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
              JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

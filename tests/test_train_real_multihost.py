@@ -23,6 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import child_env
 from real_checkpoint import TINY_OVERRIDES
 
 from jax_instant4d.train.metrics import read_metrics
@@ -57,8 +58,7 @@ def shared(tmp_path_factory):
 
 def _launch(tmp_path: Path, name: str, workdir: Path, shared: tuple[Path, Path]) -> subprocess.Popen:
     data_dir, cache = shared
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
+    env = child_env()
     env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHON=sys.executable, DEVICES_PER_PROCESS="1",
                LOG_DIR=str(tmp_path / name), GRACE=str(GRACE))
     args = ["--config", "configs/small.py", "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
