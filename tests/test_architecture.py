@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "jax_instant4d.perceptual": 1,
     "jax_instant4d.restore": 1,
     "jax_instant4d.tree_paths": 1,
+    "jax_instant4d.cachelock": 1,
     "jax_instant4d.model": 2,
     "jax_instant4d.data": 3,
     "jax_instant4d.inference": 4,

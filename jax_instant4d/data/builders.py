@@ -19,6 +19,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 from etils import epath
 
+from jax_instant4d.cachelock import building
 from jax_instant4d.data import record, synthetic
 
 VERSION = "1.0.0"
@@ -119,8 +120,11 @@ def build_synthetic(spec: synthetic.SyntheticSpec, data_dir: str | os.PathLike, 
     if is_complete(final):
         return final
     cfg = SyntheticHeadsConfig(name=spec.name, spec=spec, backend=backend, progress=progress)
-    return prepare_atomically(lambda d: SyntheticHeads(config=cfg, data_dir=str(d), file_format="array_record"),
-                              final)
+    with building(final, "synthetic_heads"):  # one process generates; others starting now wait, then read it
+        if is_complete(final):
+            return final
+        return prepare_atomically(lambda d: SyntheticHeads(config=cfg, data_dir=str(d), file_format="array_record"),
+                                  final)
 
 
 # --------------------------------------------------------------------------------------------------

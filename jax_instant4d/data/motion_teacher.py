@@ -48,6 +48,7 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float, UInt8
 
+from jax_instant4d.cachelock import building
 from jax_instant4d.config import ConfigDict, ConfigError, apply_overrides
 from jax_instant4d.data import groundtruth, heads, record, synthetic
 
@@ -395,11 +396,18 @@ def ensure(cfg: ConfigDict, backend: str | None = None) -> tuple[Path, dict]:
     """The cached teacher encoder of ``cfg`` (path and info), pretrained and cached first if missing."""
     settings = settings_for(cfg)
     path = cache_path(cfg, settings)
-    if path.is_file():
+
+    def cached() -> tuple[Path, dict]:
         info_path = path.with_suffix(".json")
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         return path, {**info, "path": str(path), "cached": True}
-    log.info("motion teacher: pretraining %s (cached at %s)", settings.key, path)
-    encoder, info = pretrain(cfg, settings, backend or str(cfg.render.backend))
-    save(encoder, info, path)
+
+    if path.is_file():
+        return cached()
+    with building(path, "motion teacher"):  # one process pretrains; others starting now wait, then load
+        if path.is_file():
+            return cached()
+        log.info("motion teacher: pretraining %s (cached at %s)", settings.key, path)
+        encoder, info = pretrain(cfg, settings, backend or str(cfg.render.backend))
+        save(encoder, info, path)
     return path, {**info, "path": str(path), "cached": False}

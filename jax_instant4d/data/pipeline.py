@@ -129,7 +129,7 @@ def ensure_dataset(cfg, progress: bool = True) -> Path:
     """Returns the dataset's path, generating ``synthetic_heads`` first if it is missing.
 
     ``teacher_clips`` cannot be made here: if missing, the error says how to ingest it. Safe to call
-    from several processes at once (each generates the same content; the first complete one is kept).
+    from several processes at once: one generates it, the others wait for it (``cachelock``) and read it.
     """
     from jax_instant4d.data import builders, synthetic
 

@@ -44,6 +44,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, UInt8
 
+from jax_instant4d.cachelock import building
 from jax_instant4d.data import groundtruth, heads, record, synthetic
 from jax_instant4d.image_metrics import resize_to
 
@@ -355,13 +356,20 @@ def ensure_regressor(data_dir: str | os.PathLike, settings: RegressorSettings | 
     """The cached regressor of ``settings`` under ``data_dir``, trained (and cached) first if missing."""
     settings = settings or RegressorSettings()
     path = cache_path(data_dir, settings)
-    if path.is_file():
+
+    def cached() -> Regressor:
         reg = load_regressor(path, settings)
         reg.info = {**reg.info, "path": str(path), "cached": True}
         return reg
-    logger.info("expression regressor: training (%s), cached at %s", settings.key, path)
-    reg = train_regressor(settings, backend, group)
-    save_regressor(reg, path)
+
+    if path.is_file():
+        return cached()
+    with building(path, "expression regressor"):  # one process trains; others starting now wait, then load
+        if path.is_file():
+            return cached()
+        logger.info("expression regressor: training (%s), cached at %s", settings.key, path)
+        reg = train_regressor(settings, backend, group)
+        save_regressor(reg, path)
     reg.info = {**reg.info, "path": str(path), "cached": False}
     return reg
 
