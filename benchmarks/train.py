@@ -3,6 +3,7 @@
     python benchmarks/train.py                        # configs/small.py on 1, 2, 4 host CPU devices
     python benchmarks/train.py --devices 1,4 --steps 10 --config.train.batch_size=8
     python benchmarks/train.py --first-step           # time to the first step, cold vs warm cache
+    python benchmarks/train.py --xla-flags=--xla_backend_optimization_level=0   # compile vs run: default vs flags
 
 Each device count runs in its own process (host devices are fixed at JAX start-up) with the mesh
 (data=D, fsdp=1, model=1) and the config's global batch. Measured, after compilation, as medians over
@@ -22,6 +23,12 @@ sharing a new persistent compilation cache (``train.compilation_cache``): *cold*
 *warm* (a rerun or a resume). Phases: model set-up and initialisation (``init``), tracing and lowering
 the step (``trace``), compiling it or loading it from the cache (``compile``) and running it
 (``run``); the cache's entries are counted before and after each run (a warm run adds none).
+
+``--xla-flags=FLAGS`` measures the trade XLA flags make between compiling and running: two cold starts
+in fresh processes, one with ``XLA_FLAGS`` as this process has it and one with ``FLAGS`` added, each
+timed as above plus the median of ``--steps`` further steps. The tests run with
+``--xla_backend_optimization_level=0`` (``tests/conftest.py``): they compile many programs and run each
+for a few steps.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ def worker(args: argparse.Namespace, overrides: list[str]) -> dict:
 
     from jax_instant4d import render
     from jax_instant4d.config import get_config
+    from jax_instant4d.train import motion_weights
     from jax_instant4d.train.forward import encode_batch
     from jax_instant4d.train.loop import default_data_factory
     from jax_instant4d.train.sharding import make_mesh, to_global
@@ -60,6 +68,7 @@ def worker(args: argparse.Namespace, overrides: list[str]) -> dict:
 
     d = jax.device_count()
     cfg = get_config(args.config, [*overrides, f"train.mesh=({d},1,1)", "train.loss.adversarial_start=-1"])
+    cfg = motion_weights.prepare(cfg)  # the teacher's encoder: pretrained and cached on first use, as by train
     mesh = make_mesh(cfg.train.mesh)
     trainer = Trainer(cfg, mesh)
     t0 = time.perf_counter()
@@ -138,12 +147,13 @@ def first_step_worker(args: argparse.Namespace, overrides: list[str]) -> dict:
     import jax
 
     from jax_instant4d.config import get_config
+    from jax_instant4d.train import motion_weights
     from jax_instant4d.train.distributed import enable_compilation_cache
     from jax_instant4d.train.loop import default_data_factory
     from jax_instant4d.train.sharding import make_mesh, to_global
     from jax_instant4d.train.step import Trainer, resolution_at
 
-    cfg = get_config(args.config, [*overrides, "train.loss.adversarial_start=-1"])
+    cfg = motion_weights.prepare(get_config(args.config, [*overrides, "train.loss.adversarial_start=-1"]))
     cache = enable_compilation_cache(args.cache, cfg.workdir)
     entries = len(list(cache.iterdir()))
     t0 = time.perf_counter()
@@ -162,11 +172,21 @@ def first_step_worker(args: argparse.Namespace, overrides: list[str]) -> dict:
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     with jax.set_mesh(mesh):
-        jax.block_until_ready(compiled(state, batch, trainer.nets))
+        out = jax.block_until_ready(compiled(state, batch, trainer.nets))
     run_s = time.perf_counter() - t0
-    return {"init_s": init_s, "trace_s": trace_s, "compile_s": compile_s, "run_s": run_s,
-            "first_step_s": init_s + trace_s + compile_s + run_s, "cache_entries_before": entries,
-            "cache_entries_after": len(list(cache.iterdir()))}
+    row = {"init_s": init_s, "trace_s": trace_s, "compile_s": compile_s, "run_s": run_s,
+           "first_step_s": init_s + trace_s + compile_s + run_s, "cache_entries_before": entries,
+           "cache_entries_after": len(list(cache.iterdir()))}
+    if args.timed_steps:
+        # the next steps from the returned state (the step donates its input state)
+        holder = {"state": out[0]}
+
+        def one_step():
+            with jax.set_mesh(mesh):
+                holder["state"] = jax.block_until_ready(compiled(holder["state"], batch, trainer.nets))[0]
+
+        row["step_s"] = _median_time(one_step, args.timed_steps)
+    return row
 
 
 def _run_worker(label: str, cmd: list[str], env: dict[str, str]) -> dict | None:
@@ -208,6 +228,39 @@ def first_step(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def xla_flags_trade(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Cold starts without and with ``args.xla_flags``: compile time against step time, side by side."""
+    import tempfile
+
+    base = os.environ.get("XLA_FLAGS", "")
+    rows = {}
+    for name, flags in (("default", base), (args.xla_flags, f"{base} {args.xla_flags}".strip())):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        cache = tempfile.mkdtemp(prefix="instant4d-bench-cache-")
+        cmd = [sys.executable, __file__, "--first-step-worker", "--cache", cache, "--timed-steps", str(args.steps),
+               "--config", args.config, *overrides]
+        rows[name] = _run_worker(name or "default", cmd, env)
+        if rows[name] is None:
+            return 1
+    print(f"Cold start of the train step, {Path(args.config).name} {' '.join(overrides)}, {os.cpu_count()} cores; "
+          f"step: median of {args.steps} steps after the first")
+    print("| XLA_FLAGS added | trace (s) | compile (s) | first step (s) | step (s) | compile / default | "
+          "step / default | steps that repay the compile saved |")
+    print("|---|---|---|---|---|---|---|---|")
+    ref = rows["default"]
+    for name, r in rows.items():
+        saved = ref["compile_s"] - r["compile_s"]
+        extra = r["step_s"] - ref["step_s"]
+        repay = f"{saved / extra:.0f}" if name != "default" and extra > 0 and saved > 0 else "–"
+        print(f"| {'(none)' if name == 'default' else '`' + name + '`'} | {r['trace_s']:.1f} | {r['compile_s']:.1f} | "
+              f"{r['first_step_s']:.1f} | {r['step_s']:.3f} | {r['compile_s'] / ref['compile_s']:.2f} | "
+              f"{r['step_s'] / ref['step_s']:.2f} | {repay} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
 def table(rows: list[dict]) -> str:
     head = ("devices", "batch", "res", "step (s)", "examples/s", "speed-up", "data", "model", "render", "optimiser",
             "compile (s)")
@@ -237,7 +290,10 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write the measurements here")
     parser.add_argument("--first-step", action="store_true",
                         help="time to the first step with a cold and a warm compilation cache")
+    parser.add_argument("--xla-flags", default="",
+                        help="compare cold starts (compile and step time) without and with these XLA flags added")
     parser.add_argument("--first-step-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--timed-steps", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--cache", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.first_step_worker:
@@ -245,6 +301,8 @@ def main() -> int:
         return 0
     if args.first_step:
         return first_step(args, overrides)
+    if args.xla_flags:
+        return xla_flags_trade(args, overrides)
     if args.worker:
         print("RESULT " + json.dumps(worker(args, overrides)), flush=True)
         return 0
