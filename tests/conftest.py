@@ -10,10 +10,10 @@ import pytest
 # Must run before any JAX backend is initialised: every test process sees 4 CPU devices.
 jax.config.update("jax_num_cpu_devices", 4)
 
-# The tests check our code, not XLA's optimiser: with its backend optimisations off, compiling the real model's
-# train step takes ~45% less time and running it ~2x more, and the suite runs few steps of many programs (the
-# trade is measured in the README, "Tests"). Read by XLA when the backend starts, so set before any test runs;
-# processes the tests launch get it through ``child_env``.
+# The tests check our code, not XLA's optimiser: with its backend optimisations off, compiling the tests' real
+# train step takes 30% less time and running it 1.4x more, and the suite runs few steps of many programs (the
+# trade is measured in the README, "How long the tests take"). Read by XLA when the backend starts, so set before
+# any test runs; processes the tests launch get it through ``child_env``.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
