@@ -5,12 +5,12 @@ are each written atomically, so processes that build the same entry at once neve
 one of them pays for the whole build (minutes of the same work, each at half speed on a shared machine:
 ``instant4d sweep ... launch --parallel 2`` on a fresh data directory, or two engineers starting runs
 on one ``data_cache``). With the lock the first process builds; the others wait, then find the entry
-made and load it::
+made and load it (:func:`load_or_make`; :func:`building` is the lock alone)::
 
-    if not done(path):
+    if not done():
         with building(path, "motion teacher"):
-            if not done(path):      # made by another process while this one waited
-                make(path)
+            if not done():          # made by another process while this one waited
+                make()
 
 The lock is advisory and lives in a hidden file beside the entry (``.<name>.lock``; the operating system
 releases it when its holder exits or is killed, so a killed builder never blocks the next one). Where the
@@ -25,10 +25,13 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 logger = logging.getLogger("jax_instant4d")
+
+T = TypeVar("T")
 
 
 def lock_path(entry: str | os.PathLike) -> Path:
@@ -59,3 +62,16 @@ def building(entry: str | os.PathLike, what: str) -> Iterator[float]:
             yield time.monotonic() - t0
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_or_make(entry: str | os.PathLike, what: str, load: Callable[[], T], make: Callable[[], T],
+                 done: Callable[[], bool] | None = None) -> T:
+    """``load()`` when the entry is made (``done()``; default: ``entry`` is a file), else ``make()`` under the
+    entry's lock, or ``load()`` after all when another process made it while this one waited."""
+    done = done or Path(entry).is_file
+    if done():
+        return load()
+    with building(entry, what):
+        if done():
+            return load()
+        return make()

@@ -24,6 +24,39 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS, **extra}
 
 
+def call_while_another_holds_the_lock(entry, call, make_entry, caplog, timeout: float = 60.0):
+    """Runs ``call()`` in a thread while this process holds the cache lock of ``entry`` (``cachelock``) on a
+    file of its own, as another process would (``flock`` locks belong to an open file). Once ``call`` has
+    logged that it waits, runs ``make_entry()`` (what the other process made) and releases the lock.
+    Returns what ``call()`` returned; fails if it did not wait or did not return."""
+    import fcntl
+    import logging
+    import threading
+    import time
+
+    from jax_instant4d.cachelock import lock_path
+
+    path = lock_path(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    got = {}
+    t = threading.Thread(target=lambda: got.update(value=call()), daemon=True)
+    with open(path, "a") as other, caplog.at_level(logging.INFO, logger="jax_instant4d"):
+        fcntl.flock(other, fcntl.LOCK_EX)
+        try:
+            t.start()
+            end = time.monotonic() + timeout
+            while not any("another process is making" in r.getMessage() for r in caplog.records):
+                assert t.is_alive() and time.monotonic() < end, "the call did not wait for the lock"
+                time.sleep(0.05)
+            make_entry()
+            assert t.is_alive(), "the call went on while the lock was held"
+        finally:
+            fcntl.flock(other, fcntl.LOCK_UN)
+    t.join(timeout)
+    assert "value" in got, "the call did not return after the lock was released"
+    return got["value"]
+
+
 def has_gpu() -> bool:
     try:
         return any(d.platform == "gpu" for d in jax.devices())

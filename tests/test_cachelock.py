@@ -4,7 +4,6 @@ making the entry waits for it and then uses what it made, and a killed builder n
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import shutil
 import signal
@@ -14,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import child_env
+from conftest import call_while_another_holds_the_lock, child_env
 
 from jax_instant4d.cachelock import building, lock_path
 from jax_instant4d.config import apply_overrides
@@ -81,20 +80,7 @@ def test_a_second_dataset_build_waits_and_reads_the_first(real_run, tmp_path, ca
     builds = []
     real_prepare = builders.prepare_atomically
     monkeypatch.setattr(builders, "prepare_atomically", lambda *a, **k: builds.append(a) or real_prepare(*a, **k))
-    final.parent.mkdir(parents=True)
-    other = open(lock_path(final), "a")  # noqa: SIM115 ("another process": flock locks per open file)
-    fcntl.flock(other, fcntl.LOCK_EX)
-    got = {}
-    try:
-        with caplog.at_level(logging.INFO, logger="jax_instant4d"):
-            t = threading.Thread(target=lambda: got.update(path=pipeline.ensure_dataset(cfg, progress=False)))
-            t.start()
-            _wait_for(lambda: _waiting_logged(caplog))
-            shutil.copytree(made, final)  # what the other process made
-            assert t.is_alive()
-    finally:
-        fcntl.flock(other, fcntl.LOCK_UN)
-        other.close()
-    t.join(timeout=120)
-    assert not t.is_alive() and got["path"] == final and builders.is_complete(final)
+    got = call_while_another_holds_the_lock(final, lambda: pipeline.ensure_dataset(cfg, progress=False),
+                                            lambda: shutil.copytree(made, final), caplog)
+    assert got == final and builders.is_complete(final)
     assert builds == []  # it read the holder's dataset and generated none

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import call_while_another_holds_the_lock
 from flax import nnx
 from real_checkpoint import tiny_real_config
 
@@ -152,38 +153,14 @@ def test_a_second_process_waits_for_the_teacher_being_pretrained_and_loads_it(cf
                                                                              monkeypatch):
     """``ensure`` while another process holds the cache entry's lock (pretraining it): it waits, pretrains
     nothing, and returns the file the holder saved (``sweep launch --parallel N`` on a fresh data dir)."""
-    import fcntl
-    import logging
-    import threading
-    import time
-
-    from jax_instant4d.cachelock import lock_path
-
     encoder, info, _ = teacher
     run = apply_overrides(cfg, [f"data.data_dir={tmp_path}", "model.motion.weights=teacher",
                                 "model.motion.freeze=true"])
     target = motion_teacher.cache_path(run)
     pretrained = []
     monkeypatch.setattr(motion_teacher, "pretrain", lambda *a, **k: pretrained.append(a) or (encoder, info))
-    target.parent.mkdir(parents=True)
-    other = open(lock_path(target), "a")  # noqa: SIM115 ("another process": flock locks per open file)
-    fcntl.flock(other, fcntl.LOCK_EX)
-    got = {}
-    try:
-        with caplog.at_level(logging.INFO, logger="jax_instant4d"):
-            t = threading.Thread(target=lambda: got.update(out=motion_teacher.ensure(run, backend="cpu")))
-            t.start()
-            end = time.monotonic() + 60
-            while not any("another process is making" in r.getMessage() for r in caplog.records):
-                assert time.monotonic() < end and t.is_alive(), "ensure did not wait for the lock"
-                time.sleep(0.05)
-            motion_teacher.save(encoder, info, target)  # what the other process pretrained
-            assert t.is_alive()
-    finally:
-        fcntl.flock(other, fcntl.LOCK_UN)
-        other.close()
-    t.join(timeout=60)
-    path, out = got["out"]
+    path, out = call_while_another_holds_the_lock(target, lambda: motion_teacher.ensure(run, backend="cpu"),
+                                                  lambda: motion_teacher.save(encoder, info, target), caplog)
     assert path == target and out["cached"] and out["mae"] == pytest.approx(info["mae"])
     assert pretrained == []
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jax_instant4d.cachelock import building
+from jax_instant4d.cachelock import load_or_make
 from jax_instant4d.data import record, synthetic
 
 VERSION = "1.0.0"
@@ -117,14 +117,14 @@ def build_synthetic(spec: synthetic.SyntheticSpec, data_dir: str | os.PathLike, 
                     progress: bool = False) -> Path:
     """Generates the synthetic dataset of ``spec`` under ``data_dir`` (if not there yet); returns its path."""
     final = dataset_dir(data_dir, "synthetic_heads", spec.name)
-    if is_complete(final):
-        return final
     cfg = SyntheticHeadsConfig(name=spec.name, spec=spec, backend=backend, progress=progress)
-    with building(final, "synthetic_heads"):  # one process generates; others starting now wait, then read it
-        if is_complete(final):
-            return final
+
+    def make() -> Path:
         return prepare_atomically(lambda d: SyntheticHeads(config=cfg, data_dir=str(d), file_format="array_record"),
                                   final)
+
+    # one process generates; others starting at the same time wait for it, then read its dataset
+    return load_or_make(final, "synthetic_heads", lambda: final, make, done=lambda: is_complete(final))
 
 
 # --------------------------------------------------------------------------------------------------

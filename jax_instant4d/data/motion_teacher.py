@@ -48,7 +48,7 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float, UInt8
 
-from jax_instant4d.cachelock import building
+from jax_instant4d.cachelock import load_or_make
 from jax_instant4d.config import ConfigDict, ConfigError, apply_overrides
 from jax_instant4d.data import groundtruth, heads, record, synthetic
 
@@ -402,12 +402,11 @@ def ensure(cfg: ConfigDict, backend: str | None = None) -> tuple[Path, dict]:
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         return path, {**info, "path": str(path), "cached": True}
 
-    if path.is_file():
-        return cached()
-    with building(path, "motion teacher"):  # one process pretrains; others starting now wait, then load
-        if path.is_file():
-            return cached()
+    def make() -> tuple[Path, dict]:
         log.info("motion teacher: pretraining %s (cached at %s)", settings.key, path)
         encoder, info = pretrain(cfg, settings, backend or str(cfg.render.backend))
         save(encoder, info, path)
-    return path, {**info, "path": str(path), "cached": False}
+        return path, {**info, "path": str(path), "cached": False}
+
+    # one process pretrains; others starting at the same time wait for it, then load its file
+    return load_or_make(path, "motion teacher", cached, make)

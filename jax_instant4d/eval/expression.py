@@ -44,7 +44,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, UInt8
 
-from jax_instant4d.cachelock import building
+from jax_instant4d.cachelock import load_or_make
 from jax_instant4d.data import groundtruth, heads, record, synthetic
 from jax_instant4d.image_metrics import resize_to
 
@@ -362,16 +362,15 @@ def ensure_regressor(data_dir: str | os.PathLike, settings: RegressorSettings | 
         reg.info = {**reg.info, "path": str(path), "cached": True}
         return reg
 
-    if path.is_file():
-        return cached()
-    with building(path, "expression regressor"):  # one process trains; others starting now wait, then load
-        if path.is_file():
-            return cached()
+    def make() -> Regressor:
         logger.info("expression regressor: training (%s), cached at %s", settings.key, path)
         reg = train_regressor(settings, backend, group)
         save_regressor(reg, path)
-    reg.info = {**reg.info, "path": str(path), "cached": False}
-    return reg
+        reg.info = {**reg.info, "path": str(path), "cached": False}
+        return reg
+
+    # one process trains; others starting at the same time wait for it, then load its file
+    return load_or_make(path, "expression regressor", cached, make)
 
 
 def settings_for(cfg, **overrides) -> RegressorSettings:
