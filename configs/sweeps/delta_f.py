@@ -4,6 +4,8 @@ expression offsets included, towards zero, so a weaker one may let the driving c
 It was set to 0.1 when the motion encoder was trained from scratch (at ×0.001 the driven avatar then scored
 below the static one); the frozen teacher encoder carries less of the identity, so the reason may be gone.
 Three seeds at ×0.1 (the default) and ×0.01, one seed at ×0.001, each for the small demo's steps.
+Result (README, "Does the δf penalty flatten the expressions?"; docs/sweep_delta_f.md): it does not; ×0.01
+lowers eyes + mouth in all three seeds (−0.28 ± 0.25 dB) and leaves the gain over undriven unchanged.
 
     instant4d sweep configs/sweeps/delta_f.py launch --parallel 2
     instant4d sweep configs/sweeps/delta_f.py collect
