@@ -231,6 +231,23 @@ def test_expression_regressor_trains_once_and_reports_its_accuracy(real_run):
     np.testing.assert_array_equal(expression.mirror(xm, em)[1], e)
 
 
+def test_training_blur_is_a_gaussian_of_each_images_own_width():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(3, 20, 17, 3)).astype(np.float32)
+    sigma = np.asarray([0.0, 0.7, 3.0], np.float32)
+    got = np.asarray(expression.blur(jnp.asarray(x), jnp.asarray(sigma)))
+    np.testing.assert_array_equal(got[0], x[0])  # width 0: the image itself
+    r = expression.BLUR_RADIUS
+    for i in (1, 2):  # the independent reference: scipy's separable Gaussian, the border repeated, same taps
+        want = ndimage.gaussian_filter(x[i], (sigma[i], sigma[i], 0), mode="nearest", truncate=r / sigma[i])
+        np.testing.assert_allclose(got[i], want, atol=2e-6)
+    assert np.std(got[2]) < np.std(got[1]) < np.std(x[1])  # wider: smoother (white noise in)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        expression.RegressorSettings(blur_sigma=r)
+
+
 def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
     from jax_instant4d.data.pipeline import dataset_path
     from jax_instant4d.eval import evaluate
@@ -467,3 +484,32 @@ def test_eval_cli_is_registered():
     args = p.parse_args(["--checkpoint", "w", "--split", "train", "--max-clips", "3", "--lpips-weights", "l.npz"])
     assert (args.split, args.max_clips, args.lpips_weights, args.identity_weights) == ("train", 3, "l.npz", None)
     assert "Table 1" in help_text and callable(run)
+
+
+def test_eval_cli_regressor_flags_reach_the_settings(real_run, monkeypatch):
+    """Each --regressor-* flag sets its RegressorSettings field (on the checkpoint's camera model); the rest
+    keep their defaults."""
+    import dataclasses
+
+    from jax_instant4d.cli import main
+    from jax_instant4d.eval import run as run_mod
+
+    workdir, cfg = real_run
+    seen = []
+
+    def capture(checkpoint, split, *, regressor=None, **kwargs):
+        seen.append(regressor)
+        raise ValueError("captured")  # stops run() before it prints a result
+
+    monkeypatch.setattr(run_mod, "evaluate", capture)
+    assert main(["eval", "--checkpoint", str(workdir), "--regressor-identities", "37", "--regressor-images", "999",
+                 "--regressor-steps", "11", "--regressor-res", "96"]) == 2
+    assert main(["eval", "--checkpoint", str(workdir)]) == 2
+    s = seen[0]
+    assert (s.identities, s.train_images, s.steps, s.resolution) == (37, 999, 11, 96)
+    assert s.fov_degrees == pytest.approx(float(cfg.render.fov_degrees))
+    default = expression.RegressorSettings()
+    assert dataclasses.replace(s, identities=default.identities, train_images=default.train_images,
+                               steps=default.steps, resolution=default.resolution, fov_degrees=default.fov_degrees,
+                               camera_radius=default.camera_radius) == default
+    assert seen[1] is None  # no flag: evaluate's own default

@@ -2,8 +2,8 @@
 
     instant4d eval --checkpoint DIR [--split heldout|train] [--step N] [--out FILE] [--markdown FILE]
                    [--max-clips N] [--lpips-weights F] [--identity-weights F] [--no-expression]
-                   [--no-consistency] [--regressor-images N] [--regressor-steps N] [--regressor-res R]
-                   [--config.KEY=V ...]
+                   [--no-consistency] [--regressor-identities N] [--regressor-images N] [--regressor-steps N]
+                   [--regressor-res R] [--config.KEY=V ...]
 
 ``--config.*`` overrides apply on top of the checkpoint's saved config (e.g. ``--config.render.backend=xla``,
 ``--config.data.data_dir=DIR`` to read the dataset from elsewhere).
@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-consistency", action="store_true", help="skip the multi-view consistency score")
     # defaults named, not copied (stale copies said 3072 / 1500 / 64), and not imported: --help stays jax-free
     where = "RegressorSettings in jax_instant4d/eval/expression.py"
+    parser.add_argument("--regressor-identities", type=int, default=None, help="random identities its training "
+                                                                               f"renders show (default: {where})")
     parser.add_argument("--regressor-images", type=int, default=None, help="training renders of the expression "
                                                                            f"regressor (default: {where})")
     parser.add_argument("--regressor-steps", type=int, default=None, help=f"its training steps (default: {where})")
@@ -50,12 +52,13 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         from jax_instant4d.eval.run import evaluate
 
         settings = None
-        if args.regressor_images or args.regressor_steps or args.regressor_res:
+        if args.regressor_identities or args.regressor_images or args.regressor_steps or args.regressor_res:
             from jax_instant4d.inference import resolve_checkpoint, saved_config
 
             folder, step = resolve_checkpoint(args.checkpoint, args.step)
             cfg = saved_config(folder, step, overrides)
-            settings = expression.settings_for(cfg, train_images=args.regressor_images, steps=args.regressor_steps,
+            settings = expression.settings_for(cfg, identities=args.regressor_identities,
+                                               train_images=args.regressor_images, steps=args.regressor_steps,
                                                resolution=args.regressor_res)
         result = evaluate(args.checkpoint, args.split, step=args.step, out=args.out, markdown=args.markdown,
                           max_clips=args.max_clips, lpips_weights=args.lpips_weights,
