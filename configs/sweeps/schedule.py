@@ -1,0 +1,36 @@
+"""Is the small demo's avatar too soft because its learning rate never decays? ``configs/small.py`` keeps
+the learning rate constant after warmup, so its last steps are as noisy as its first; the driven avatar's
+eyes + mouth reach only 0.4 of what exact expressions would give at its reconstruction (README, "How far
+the driving frame could go"), and the reconstruction's sharpness was the candidate left untested. A cosine
+decay to 0.1x over the same 2,000 steps (``train.lr_schedule=cosine``, ``train.min_lr_ratio`` 0.1) costs
+nothing: same steps, same time. Three seeds of the driven model (frozen teacher encoder) and of the static
+model (``fusion=none``), so the driven-vs-static comparison stays seed-matched at the new schedule; the
+constant-schedule rows are the motion sweep's (``configs/sweeps/motion.py``).
+
+    instant4d sweep configs/sweeps/schedule.py launch --parallel 2
+    instant4d sweep configs/sweeps/schedule.py collect
+
+Run from the repository root.
+"""
+
+from pathlib import Path
+
+from jax_instant4d.config import load_config_file
+
+BASE = "configs/small.py"
+SEEDS = (0, 1, 2)
+
+
+def get_sweep():
+    steps = load_config_file(Path(__file__).resolve().parents[1] / "small.py").train.steps
+    return {
+        "name": "schedule",
+        "config": BASE,
+        "workdir": "workdirs/sweeps/schedule",
+        "fixed": {"train.steps": int(steps), "train.lr_schedule": "cosine"},
+        "zip": [{"seed": list(SEEDS), "train.seed": list(SEEDS), "data.shuffle_seed": list(SEEDS)}],
+        "grid": {"model.fusion": ["local", "none"]},
+        "seed_keys": ["seed", "train.seed", "data.shuffle_seed"],
+        "split": "heldout",
+        "baseline": "fusion-none__seed-0__train.seed-0__shuffle_seed-0",
+    }
