@@ -74,6 +74,46 @@ def test_fusion_sweep_file():
     assert sw.expected[2] == {"train.steps": small_steps, "model.fusion": "deform"}
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs" / "sweeps").glob("*.py")))
+def test_repo_sweep_files_reseed_every_key_together(name):
+    """Every sweep file in the repo loads against its base config; its runs train for the base config's steps,
+    and where it has seeds, each run sets all three training-seed keys to one seed and every group's seeds are
+    the full groups' (so collect's mean ± spread and the same-seed pairing compare like with like)."""
+    sw = S.load_sweep(REPO / "configs" / "sweeps" / f"{name}.py")
+    assert sw.fixed["train.steps"] == get_config(sw.config).train.steps
+    if not sw.seed_keys:
+        return
+    assert sw.seed_keys == S.TRAINING_SEED_KEYS
+    by_group: dict[str, list[int]] = {}
+    for run in sw.runs:
+        seeds = {run.overrides[k] for k in S.TRAINING_SEED_KEYS}
+        assert len(seeds) == 1, (run.name, seeds)
+        rest = {k: v for k, v in run.overrides.items() if k not in S.TRAINING_SEED_KEYS}
+        by_group.setdefault(repr(sorted(rest.items())), []).append(seeds.pop())
+    full = set(max(by_group.values(), key=len))
+    assert len(full) >= 3, by_group
+    # no seed twice in a group, and a group with fewer seeds (a single-seed row) uses the same seeds
+    assert all(len(set(s)) == len(s) and set(s) <= full for s in by_group.values()), by_group
+
+
+def test_seeded_and_seed_overrides_build_a_seed_axis(tmp_path):
+    """``seeded`` is one zip axis of the three seed keys plus ``seed_keys``; ``seed_overrides`` the same for an
+    explicit run, which then joins its own seed's group."""
+    assert S.seeded((4, 7)) == {"zip": [{k: [4, 7] for k in S.TRAINING_SEED_KEYS}],
+                                "seed_keys": list(S.TRAINING_SEED_KEYS)}
+    f = write_sweep(tmp_path / "s.py", workdir=tmp_path / "root", grid={"model.fusion": ["local", "none"]},
+                    runs=[{"name": "delta-0.01__seed-7", "train.loss.delta_f": 0.01, **S.seed_overrides(7)}],
+                    **S.seeded((4, 7)))
+    sw = S.load_sweep(f)
+    assert [r.name for r in sw.runs] == ["fusion-local__seed-4__train.seed-4__shuffle_seed-4",
+                                         "fusion-local__seed-7__train.seed-7__shuffle_seed-7",
+                                         "fusion-none__seed-4__train.seed-4__shuffle_seed-4",
+                                         "fusion-none__seed-7__train.seed-7__shuffle_seed-7", "delta-0.01__seed-7"]
+    cfg = get_config(SMALL, [f"{k}={v}" for k, v in sw.overrides(sw.runs[4]).items()])
+    assert (cfg.seed, cfg.train.seed, cfg.data.shuffle_seed, cfg.train.loss.delta_f) == (7, 7, 7, 0.01)
+    assert S.config_steps(SMALL) == get_config(SMALL).train.steps
+
+
 @pytest.mark.parametrize("spec, match", [
     ({"grid": {"model.fusion": ["local"], "model.fusoin": ["x"]}}, "unknown config key 'model.fusoin'"),
     ({"grid": {"model.gaussian_res": [64, "big"]}}, "model.gaussian_res"),

@@ -15,24 +15,22 @@ Run from the repository root.
 
 from pathlib import Path
 
-from jax_instant4d.config import load_config_file
+from jax_instant4d.sweep import config_steps, seed_overrides, seeded
 
 BASE = "configs/small.py"
 SEEDS = (0, 1, 2)
+SMALL = Path(__file__).resolve().parents[1] / "small.py"  # the demo: the runs train for its steps
 
 
 def get_sweep():
-    steps = load_config_file(Path(__file__).resolve().parents[1] / "small.py").train.steps
     return {
         "name": "delta_f",
         "config": BASE,
         "workdir": "workdirs/sweeps/delta_f",
-        "fixed": {"train.steps": int(steps)},
-        "zip": [{"seed": list(SEEDS), "train.seed": list(SEEDS), "data.shuffle_seed": list(SEEDS)}],
+        "fixed": {"train.steps": config_steps(SMALL)},
         "grid": {"train.loss.delta_f": [0.1, 0.01]},
-        "runs": [{"name": "delta-f-0.001__seed-0", "train.loss.delta_f": 0.001,
-                  "seed": 0, "train.seed": 0, "data.shuffle_seed": 0}],
-        "seed_keys": ["seed", "train.seed", "data.shuffle_seed"],
+        "runs": [{"name": "delta-f-0.001__seed-0", "train.loss.delta_f": 0.001, **seed_overrides(0)}],
+        **seeded(SEEDS),
         "split": "heldout",
         "baseline": "delta_f-0.1__seed-0__train.seed-0__shuffle_seed-0",
     }

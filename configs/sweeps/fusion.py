@@ -10,19 +10,18 @@ Run from the repository root (the paths below are relative to the current direct
 
 from pathlib import Path
 
-from jax_instant4d.config import load_config_file
+from jax_instant4d.sweep import config_steps
 
 BASE = "configs/small.py"
+SMALL = Path(__file__).resolve().parents[1] / "small.py"  # the demo: the runs train for its steps
 
 
 def get_sweep():
-    # The demo (`instant4d train --config configs/small.py`) trains for the base config's train.steps: so do the runs.
-    steps = load_config_file(Path(__file__).resolve().parents[1] / "small.py").train.steps
     return {
         "name": "fusion",
         "config": BASE,
         "workdir": "workdirs/sweeps/fusion",
-        "fixed": {"train.steps": int(steps)},
+        "fixed": {"train.steps": config_steps(SMALL)},
         "grid": {"model.fusion": ["local", "global", "deform", "none"]},
         "split": "heldout",
         "baseline": "fusion-none",  # the table gives each run's paired difference to the static avatar

@@ -13,22 +13,21 @@ directories (README, "Longer training"). Run from the repository root.
 
 from pathlib import Path
 
-from jax_instant4d.config import load_config_file
+from jax_instant4d.sweep import config_steps, seeded
 
 BASE = "configs/medium.py"
 SEEDS = (0, 1, 2)
+MEDIUM = Path(__file__).resolve().parents[1] / "medium.py"
 
 
 def get_sweep():
-    steps = load_config_file(Path(__file__).resolve().parents[1] / "medium.py").train.steps
     return {
         "name": "medium",
         "config": BASE,
         "workdir": "workdirs/sweeps/medium",
-        "fixed": {"train.steps": int(steps)},
-        "zip": [{"seed": list(SEEDS), "train.seed": list(SEEDS), "data.shuffle_seed": list(SEEDS)}],
+        "fixed": {"train.steps": config_steps(MEDIUM)},
         "grid": {"model.fusion": ["local", "none"]},
-        "seed_keys": ["seed", "train.seed", "data.shuffle_seed"],
+        **seeded(SEEDS),
         "split": "heldout",
         "baseline": "fusion-none__seed-0__train.seed-0__shuffle_seed-0",
     }

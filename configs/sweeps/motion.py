@@ -15,31 +15,29 @@ Run from the repository root.
 
 from pathlib import Path
 
-from jax_instant4d.config import load_config_file
+from jax_instant4d.sweep import config_steps, seed_overrides, seeded
 
 BASE = "configs/small.py"
 SEEDS = (0, 1, 2)
+SMALL = Path(__file__).resolve().parents[1] / "small.py"  # the demo: the runs train for its steps
 
 
 def get_sweep():
-    steps = load_config_file(Path(__file__).resolve().parents[1] / "small.py").train.steps
     return {
         "name": "motion",
         "config": BASE,
         "workdir": "workdirs/sweeps/motion",
-        "fixed": {"train.steps": int(steps)},
-        "zip": [{"seed": list(SEEDS), "train.seed": list(SEEDS), "data.shuffle_seed": list(SEEDS)}],
+        "fixed": {"train.steps": config_steps(SMALL)},
         "grid": {"model.fusion": ["local", "none"]},
         "runs": [{"name": f"motion-scratch__seed-{s}", "model.motion.weights": "", "model.motion.freeze": False,
-                  "seed": s, "train.seed": s, "data.shuffle_seed": s} for s in SEEDS]
+                  **seed_overrides(s)} for s in SEEDS]
         # the teacher's encoder pretrained 5x longer (3,000 steps instead of 600), frozen
-        + [{"name": f"teacher-3000__seed-{s}", "data.motion_teacher.steps": 3000,
-            "seed": s, "train.seed": s, "data.shuffle_seed": s} for s in SEEDS]
+        + [{"name": f"teacher-3000__seed-{s}", "data.motion_teacher.steps": 3000, **seed_overrides(s)}
+           for s in SEEDS]
         # the fusion MLP's last layer initialised 10x smaller instead of 100x (delta_f at initialisation 10x the
         # paper's): does the driving frame start to matter earlier than step ~1,000?
-        + [{"name": f"fusion-init-0.1__seed-{s}", "model.fusion_init": 0.1,
-            "seed": s, "train.seed": s, "data.shuffle_seed": s} for s in SEEDS],
-        "seed_keys": ["seed", "train.seed", "data.shuffle_seed"],
+        + [{"name": f"fusion-init-0.1__seed-{s}", "model.fusion_init": 0.1, **seed_overrides(s)} for s in SEEDS],
+        **seeded(SEEDS),
         "split": "heldout",
         "baseline": "fusion-none__seed-0__train.seed-0__shuffle_seed-0",
     }

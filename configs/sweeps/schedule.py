@@ -18,22 +18,21 @@ Run from the repository root.
 
 from pathlib import Path
 
-from jax_instant4d.config import load_config_file
+from jax_instant4d.sweep import config_steps, seeded
 
 BASE = "configs/small.py"
 SEEDS = (0, 1, 2)
+SMALL = Path(__file__).resolve().parents[1] / "small.py"  # the demo: the runs train for its steps
 
 
 def get_sweep():
-    steps = load_config_file(Path(__file__).resolve().parents[1] / "small.py").train.steps
     return {
         "name": "schedule",
         "config": BASE,
         "workdir": "workdirs/sweeps/schedule",
-        "fixed": {"train.steps": int(steps), "train.lr_schedule": "cosine"},
-        "zip": [{"seed": list(SEEDS), "train.seed": list(SEEDS), "data.shuffle_seed": list(SEEDS)}],
+        "fixed": {"train.steps": config_steps(SMALL), "train.lr_schedule": "cosine"},
         "grid": {"model.fusion": ["local", "none"]},
-        "seed_keys": ["seed", "train.seed", "data.shuffle_seed"],
+        **seeded(SEEDS),
         "split": "heldout",
         "baseline": "fusion-none__seed-0__train.seed-0__shuffle_seed-0",
     }

@@ -17,6 +17,9 @@ current directory, like every path on the command line):
     baseline   a run's name: collect gives every run's paired difference to it
     seed_keys  override keys that only reseed a run: collect reports mean and spread over them
 
+``seeded(seeds)``, ``seed_overrides(seed)`` and ``config_steps(path)`` are for sweep files: the zip axis and
+``seed_keys`` of training seeds (``TRAINING_SEED_KEYS``), one explicit run's seed keys, a config's steps.
+
 A run trains in its work directory (``config.json``, checkpoints) and is evaluated there
 (``eval_<split>.json``); a launcher records ``sweep_run.json`` (status, commands, return codes) and
 ``sweep_run.log`` beside them. A run is *finished* when ``RUNDIR/eval_<split>.json`` exists, the run's
@@ -234,6 +237,29 @@ def _get(tree: Any, key: str) -> Any:
 
 def normalise(v: Any) -> Any:
     return json.loads(json.dumps(v.to_dict() if isinstance(v, ConfigDict) else v))
+
+
+# Keys that reseed a training run: the model's initialisation, the per-step randomness and the data order.
+# The dataset, the teacher's motion encoder and the evaluation frames do not depend on them.
+TRAINING_SEED_KEYS = ("seed", "train.seed", "data.shuffle_seed")
+
+
+def seeded(seeds: Sequence[int]) -> dict[str, Any]:
+    """Sweep-file fields that train every grid point once per seed: a ``zip`` group giving each of
+    ``TRAINING_SEED_KEYS`` the same seed, and those keys as ``seed_keys`` (collect reports mean and spread
+    over them). Merge them into the sweep's dict, ``{..., **seeded((0, 1, 2))}``."""
+    seeds = [int(s) for s in seeds]
+    return {"zip": [{k: list(seeds) for k in TRAINING_SEED_KEYS}], "seed_keys": list(TRAINING_SEED_KEYS)}
+
+
+def seed_overrides(seed: int) -> dict[str, int]:
+    """An explicit run's overrides for one training seed (each of ``TRAINING_SEED_KEYS``)."""
+    return {k: int(seed) for k in TRAINING_SEED_KEYS}
+
+
+def config_steps(path: str | Path) -> int:
+    """``train.steps`` of a config file: a sweep's runs train as long as the config they vary."""
+    return int(load_config_file(path).train.steps)
 
 
 def load_sweep(path: str | Path, extra_overrides: Sequence[str] = ()) -> Sweep:
