@@ -60,9 +60,11 @@ def _data_defaults() -> ConfigDict:
                                "brightness": 0.1, "contrast": 0.1, "color": 0.0}),
         # the synthetic teacher's motion encoder (model.motion.weights=teacher; data/motion_teacher.py): its
         # pretraining pairs (one expression on two training identities), held-out pairs (accuracy only), steps,
-        # pairs per batch, Adam(W) settings, identity-invariance weight, seed. Part of its cache key.
+        # pairs per batch, Adam(W) settings, identity-invariance weight, seed, and random identities of the
+        # generator added to the training identities (0: none; never the held-out ones). Part of its cache key.
         "motion_teacher": ConfigDict({"pairs": 1024, "validation_pairs": 128, "steps": 600, "batch_pairs": 16,
-                                      "learning_rate": 5e-4, "weight_decay": 1e-4, "invariance": 0.0, "seed": 0}),
+                                      "learning_rate": 5e-4, "weight_decay": 1e-4, "invariance": 0.0, "seed": 0,
+                                      "extra_identities": 0}),
     })
 
 

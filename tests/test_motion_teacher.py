@@ -3,6 +3,8 @@ loading ``model.motion.weights`` strictly, and a frozen encoder that training le
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 
@@ -55,6 +57,31 @@ def test_pairs_use_training_identities_only(cfg):
     assert np.abs(frames[:, 0].astype(int) - frames[:, 1].astype(int)).mean() > 2
     _, _, held = motion_teacher.make_pairs(cfg, settings, "validation", backend="cpu")
     assert set(held.reshape(-1).tolist()) <= set(spec.identities("test"))
+
+
+def test_extra_identities_join_the_training_pool_and_never_the_held_out_ones(cfg):
+    """``extra_identities`` random identities of the generator join the training pairs (indices past the
+    dataset's), rendered as other faces; the held-out pairs stay the dataset's held-out identities."""
+    spec = synthetic.spec_from_config(cfg)
+    settings = motion_teacher.settings_for(cfg, **{**TINY_TEACHER, "pairs": 64, "extra_identities": 6})
+    frames, expr, which = motion_teacher.make_pairs(cfg, settings, "train", backend="cpu")
+    pool = set(spec.identities("train")) | set(range(spec.num_identities, spec.num_identities + 6))
+    used = set(which.reshape(-1).tolist())
+    assert used <= pool and len(used - set(spec.identities("train"))) >= 4
+    assert not used & set(spec.identities("test")) and np.all(which[:, 0] != which[:, 1])
+    # an extra identity is a face of its own: its frames differ from every dataset identity's at one expression
+    extra = np.argwhere(which >= spec.num_identities)[0]
+    assert frames[tuple(extra)].std() > 10
+    _, _, held = motion_teacher.make_pairs(cfg, settings, "validation", backend="cpu")
+    assert set(held.reshape(-1).tolist()) <= set(spec.identities("test"))
+    # 0 (the default) leaves the cache name as it was before the setting existed
+    plain = motion_teacher.settings_for(cfg)
+    old = {k: v for k, v in dataclasses.asdict(plain).items() if k != "extra_identities"}
+    want = hashlib.sha1(repr((sorted(old.items()), motion_teacher.TEACHER_VERSION)).encode()).hexdigest()[:10]
+    assert plain.key == f"motion_encoder-{want}" and settings.key != plain.key
+    said = "data.motion_teacher.extra_identities=-1: must be an integer >= 0"
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        motion_teacher.settings_for(apply_overrides(cfg, ["data.motion_teacher.extra_identities=-1"]))
 
 
 def test_pretrain_writes_xnemo_layout_that_loads_exactly(cfg, teacher):

@@ -77,6 +77,9 @@ class MotionTeacherSettings:
     # 0.1); the code's invariance is measured either way
     invariance: float = 0.0
     seed: int = 0
+    # random identities of the generator added to the training identities' pool (never the dataset's: their
+    # parameters come from a random stream of their own). 0: the dataset's training identities only.
+    extra_identities: int = 0
 
     def __post_init__(self):
         for k in ("pairs", "validation_pairs", "steps", "batch_pairs", "image_size", "resolution"):
@@ -85,7 +88,10 @@ class MotionTeacherSettings:
 
     @property
     def key(self) -> str:
-        h = hashlib.sha1(repr((sorted(asdict(self).items()), TEACHER_VERSION)).encode()).hexdigest()[:10]
+        items = asdict(self)
+        if not items["extra_identities"]:  # keys made before the setting existed stay valid
+            del items["extra_identities"]
+        h = hashlib.sha1(repr((sorted(items.items()), TEACHER_VERSION)).encode()).hexdigest()[:10]
         return f"motion_encoder-{h}"
 
 
@@ -110,7 +116,7 @@ def settings_for(cfg: ConfigDict, **overrides) -> MotionTeacherSettings:
                 raise ConfigError(f"{name}={v!r}: must be a finite number {low}")
             base[k] = float(v)
         else:
-            low = 0 if k == "seed" else 1
+            low = 0 if k in ("seed", "extra_identities") else 1
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
                 raise ConfigError(f"{name}={v!r}: must be an integer >= {low}")
             base[k] = int(v)
@@ -131,11 +137,17 @@ def cache_path(cfg: ConfigDict, settings: MotionTeacherSettings | None = None) -
 def make_pairs(cfg: ConfigDict, settings: MotionTeacherSettings, split: str, backend: str = "auto"
                ) -> tuple[UInt8[np.ndarray, "P 2 R R 3"], Float[np.ndarray, "P E"], np.ndarray]:
     """``pairs`` expressions, each rendered on two different identities of ``split`` ("train": the
-    dataset's training identities; "validation": its held-out ones) at independent near-frontal
-    (driving-frame) cameras: uint8 frames ``[P, 2, R, R, 3]``, the expressions ``[P, E]`` and the
-    dataset identity indices ``[P, 2]``."""
+    dataset's training identities and ``extra_identities`` random ones; "validation": the dataset's
+    held-out ones) at independent near-frontal (driving-frame) cameras: uint8 frames ``[P, 2, R, R, 3]``,
+    the expressions ``[P, E]`` and the identity indices ``[P, 2]`` (the dataset's; the k-th extra
+    identity is ``spec.num_identities + k``)."""
     spec = synthetic.spec_from_config(cfg)
-    ids = spec.identities("train" if split == "train" else "test")
+    ids = list(spec.identities("train" if split == "train" else "test"))
+    params = [synthetic.identity_params(spec, i) for i in ids]
+    if split == "train":
+        for k in range(settings.extra_identities):
+            ids.append(spec.num_identities + k)
+            params.append(heads.sample_identity(np.random.default_rng([settings.seed, 402, k])))
     if len(ids) < 2:
         raise ValueError(f"the motion teacher needs two identities in the {split} split, the dataset has {len(ids)}")
     n = settings.pairs if split == "train" else settings.validation_pairs
@@ -147,8 +159,7 @@ def make_pairs(cfg: ConfigDict, settings: MotionTeacherSettings, split: str, bac
     angles = np.stack([rng.uniform(-synthetic.SOURCE_YAW, synthetic.SOURCE_YAW, (n, 2)),
                        rng.uniform(-synthetic.SOURCE_PITCH, synthetic.SOURCE_PITCH, (n, 2))], -1) * rad
     w2c, intr = synthetic.cameras(angles.reshape(2 * n, 2).astype(np.float32), spec)
-    canon = groundtruth.canonicals(np.stack([synthetic.identity_params(spec, i) for i in ids]),
-                                   min(groundtruth.CANONICAL_GROUP, spec.num_identities))
+    canon = groundtruth.canonicals(np.stack(params), min(groundtruth.CANONICAL_GROUP, spec.num_identities))
     which = np.stack([first, second], 1).reshape(-1)
     frames = groundtruth.render_frames(canon, which, np.repeat(expr, 2, axis=0), w2c, intr, spec.resolution, backend)
     return frames.reshape(n, 2, *frames.shape[1:]), expr, np.asarray(ids)[which].reshape(n, 2)
@@ -272,7 +283,9 @@ def pretrain(cfg: ConfigDict, settings: MotionTeacherSettings | None = None, bac
         history=history, render_seconds=float(render_s), fit_seconds=float(fit_s),
         seconds=float(time.perf_counter() - t0), settings=asdict(s), version=TEACHER_VERSION,
         trained_on=f"renders of the {len(synthetic.spec_from_config(cfg).identities('train'))} training identities "
-                   f"of {s.dataset}", measured_on="renders of its held-out identities")
+                   f"of {s.dataset}" + (f" and {s.extra_identities} random identities of the generator"
+                                        if s.extra_identities else ""),
+        measured_on="renders of its held-out identities")
     log.info("motion teacher: held-out read-out MAE %.4f (best constant %.4f), identity invariance %.3f; %.0f s",
              info["mae"], info["baseline_mae"], info["same_expression_distance_ratio"], info["seconds"])
     return model.encoder, info
