@@ -224,8 +224,9 @@ def pretrain(cfg: ConfigDict, settings: MotionTeacherSettings | None = None, bac
     x_train, e_train, _ = make_pairs(cfg, s, "train", backend)
     x_val, e_val, _ = make_pairs(cfg, s, "validation", backend)
     render_s = time.perf_counter() - t0
-    log.info("motion teacher: %d training pairs (training identities) and %d validation pairs (held-out "
-             "identities) rendered in %.1f s", len(x_train), len(x_val), render_s)
+    log.info("motion teacher: %d training pairs (training identities%s) and %d validation pairs (held-out "
+             "identities) rendered in %.1f s", len(x_train),
+             f" and {s.extra_identities} random ones" if s.extra_identities else "", len(x_val), render_s)
 
     model = _Pretrain(_encoder_config(cfg), rngs=nnx.Rngs(s.seed))
     model.train()
