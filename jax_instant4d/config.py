@@ -191,6 +191,9 @@ def _train_defaults() -> ConfigDict:
             "identity_depth": 50,  # 18 | 34 | 50 | 100: IResNet depth of the identity network
             "region": 0.1,  # L1 on eye and mouth regions
             "delta_f": 0.001,  # L2 of the fusion offsets
+            # squared distance between the frozen motion encoder's codes of each driven render and of its teacher
+            # frame (not the paper's: its expression signal beyond the pixels is the motion-conditioned adversary)
+            "motion": 0.0,
             "adversarial": 0.025,
             "adversarial_start": 10000,  # step at which the adversarial loss switches on (-1 = never)
         }),

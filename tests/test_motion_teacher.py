@@ -205,7 +205,8 @@ def test_real_model_trains_through_trainer_step_and_its_frozen_encoder_stays_bit
 
     encoder, _, path = teacher
     run = motion_weights.prepare(apply_overrides(cfg, [f"model.motion.weights={path}", "model.motion.freeze=true",
-                                                       "train.loss.delta_f=0.001", "train.warmup_steps=0"]))
+                                                       "train.loss.delta_f=0.001", "train.loss.motion=0.01",
+                                                       "train.warmup_steps=0"]))
     data.ensure_dataset(run, progress=False)
     mesh = make_mesh(run.train.mesh)
     trainer = Trainer(run, mesh)
@@ -234,7 +235,7 @@ def test_real_model_trains_through_trainer_step_and_its_frozen_encoder_stays_bit
         m = jax.tree.map(np.asarray, jax.device_get(m))
         assert np.isfinite(m["loss"]) and int(m["nonfinite"]) == 0 and int(state.step) == i + 1
         np.testing.assert_allclose(m["loss"], sum(weights[n] * float(m[f"loss_{n}"]) for n in LOSS_NAMES), rtol=1e-6)
-        assert m["loss_delta_f"] > 0 and m["loss_l1"] > 0 and 5.0 < m["psnr"] < 60.0
+        assert m["loss_delta_f"] > 0 and m["loss_l1"] > 0 and m["loss_motion"] > 0 and 5.0 < m["psnr"] < 60.0
         assert float(m["lr"]) == pytest.approx(float(run.train.learning_rate))
     np.testing.assert_array_equal(codes(state), before_codes)
     after = jax.device_get(state.params)
@@ -242,6 +243,57 @@ def test_real_model_trains_through_trainer_step_and_its_frozen_encoder_stays_bit
     for part in ("encoder", "decoder", "fusion"):  # the avatar itself trains: the encoder, Φ and the fusion network
         pairs = zip(jax.tree.leaves(before_params[part]), jax.tree.leaves(after[part]), strict=True)
         assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs), part
+
+
+def test_motion_loss_is_the_code_distance_of_render_and_target_read_by_the_teacher_file(cfg, teacher):
+    """``train.loss.motion``: the term equals the squared distance between the codes of each driven render
+    and of its teacher frame, read by a second path (the teacher's encoder object that was saved to the file,
+    fed as ``motion_teacher.encoder_codes`` feeds frames); its gradient reaches the avatar (encoder, Φ,
+    fusion) through the frozen encoder's input, never its weights; off (0) it computes no codes. A trainable
+    encoder is an error."""
+    from jax_instant4d import data
+    from jax_instant4d.train.forward import forward, loss_terms
+    from jax_instant4d.train.loop import check_config
+    from jax_instant4d.train.sharding import make_mesh, to_global
+    from jax_instant4d.train.step import Trainer
+
+    encoder, _, path = teacher
+    run = motion_weights.prepare(apply_overrides(cfg, [f"model.motion.weights={path}", "model.motion.freeze=true",
+                                                       "train.loss.motion=0.5"]))
+    data.ensure_dataset(run, progress=False)
+    mesh = make_mesh(run.train.mesh)
+    trainer = Trainer(run, mesh)
+    state = trainer.init()
+    batch = to_global(next(data.make_pipeline(run, "train", int(run.train.batch_size))), mesh)
+    size = int(run.model.image_size)
+
+    def term(params, with_codes=True, frozen=state.frozen):
+        model = trainer.mdef.merge(params, frozen, state.rest, jax.random.key(0))
+        out = forward(model, batch, size, size, mesh, motion_codes=with_codes)
+        return loss_terms(out, batch, {})["motion"], out
+
+    with jax.set_mesh(mesh):
+        value, out = term(state.params)
+        off, out_off = term(state.params, with_codes=False)
+        grads = jax.grad(lambda p: term(p)[0])(state.params)
+        frozen_grads = jax.grad(lambda f: term(state.params, frozen=f)[0])(state.frozen)
+    assert out_off.codes is None and float(off) == 0.0
+    b, k = out.rgb.shape[0], out.rgb.shape[1] - 1
+    flat = lambda x: np.asarray(x[:, 1:]).reshape(b * k, size, size, 3)
+    encoder.eval()
+    want = np.sum(np.square(np.asarray(motion_teacher.encoder_codes(encoder, jnp.asarray(flat(out.rgb)), size))
+                            - np.asarray(motion_teacher.encoder_codes(encoder, jnp.asarray(flat(out.target)), size))),
+                  axis=-1).mean()
+    assert float(value) > 0.01
+    np.testing.assert_allclose(float(value), want, rtol=1e-4)
+    for part in ("encoder", "decoder", "fusion"):
+        assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads[part])), part
+    assert "motion_encoder" not in grads  # frozen: not a trained parameter, and it gets no gradient either
+    assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(frozen_grads["motion_encoder"]))
+    with pytest.raises(ConfigError, match=r"train\.loss\.motion.*model\.motion\.freeze=true"):
+        check_config(apply_overrides(run, ["model.motion.freeze=false"]))
+    with pytest.raises(ConfigError, match=r"train\.loss\.motion=-1\.0.*>= 0"):
+        check_config(apply_overrides(run, ["train.loss.motion=-1.0"]))
 
 
 def test_readout_projection_keeps_predictions_and_drops_the_rest(cfg):

@@ -120,9 +120,10 @@ class Instant4D(nnx.Module):
                                   init=float(mc.fusion_init), rngs=rngs)
 
     # ------------------------------------------------------------------------------------------------
-    def motion(self, frame: Float[Array, "B R R 3"]) -> Motion:
-        """Face crop + motion encoder: a frame in [0, 1] -> its motion (reusable for any camera)."""
-        code, tokens = self.motion_encoder(face_crop(frame, self.crop_size))
+    def motion(self, frame: Float[Array, "B R R 3"], *, input_gradient: bool = False) -> Motion:
+        """Face crop + motion encoder: a frame in [0, 1] -> its motion (reusable for any camera).
+        ``input_gradient``: a frozen encoder's motion carries a gradient to the frame (never to its weights)."""
+        code, tokens = self.motion_encoder(face_crop(frame, self.crop_size), input_gradient=input_gradient)
         return Motion(code, tokens)
 
     def instantiate(self, planes: Float[Array, "B 3 P P C"], key: jax.Array | None = None

@@ -280,7 +280,8 @@ class MotionEncoder(nnx.Module):
 
     ``frozen`` (from ``model.motion.freeze``): parameters are tagged ``frozen=True`` so that
     :func:`trainable_filter` leaves them out of optimisation, BatchNorm uses running statistics and the
-    outputs are wrapped in ``stop_gradient``.
+    outputs are wrapped in ``stop_gradient``; with ``input_gradient=True`` the parameters are (the code
+    then carries a gradient to the crop alone: a loss that reads rendered frames with the frozen encoder).
     """
 
     def __init__(self, model_cfg: ConfigDict, *, rngs: nnx.Rngs):
@@ -303,7 +304,17 @@ class MotionEncoder(nnx.Module):
         """The 1-D sin-cos table added to the tokens (the authors' buffer ``pe``): ``[T, token_dim]``."""
         return sincos_1d(self.token_dim, np.arange(self.code_dim // self.token_dim)).astype(np.float32)
 
-    def __call__(self, crop: Float[Array, "B S S 3"]) -> tuple[Float[Array, "B D"], Float[Array, "B T E"]]:
+    def __call__(self, crop: Float[Array, "B S S 3"], *, input_gradient: bool = False
+                 ) -> tuple[Float[Array, "B D"], Float[Array, "B T E"]]:
+        if self.frozen and input_gradient:
+            graphdef, params, rest = nnx.split(self, nnx.Param, ...)
+            return nnx.merge(graphdef, jax.lax.stop_gradient(params), rest)._encode(crop)
+        code, tokens = self._encode(crop)
+        if self.frozen:
+            code, tokens = jax.lax.stop_gradient(code), jax.lax.stop_gradient(tokens)
+        return code, tokens
+
+    def _encode(self, crop: Float[Array, "B S S 3"]) -> tuple[Float[Array, "B D"], Float[Array, "B T E"]]:
         if crop.ndim != 4 or crop.shape[1:] != (self.crop_size, self.crop_size, 3):
             raise ValueError(f"MotionEncoder expects crops [B, {self.crop_size}, {self.crop_size}, 3] "
                              f"(model.motion.crop_size), got {tuple(crop.shape)}")
@@ -312,10 +323,7 @@ class MotionEncoder(nnx.Module):
         box = self.bbox_fc2(jax.nn.relu(self.bbox_fc1(jnp.asarray(BBOX_PARAM, jnp.float32))))
         latent = self.final_proj(jnp.concatenate([latent, jnp.broadcast_to(box, (b, box.shape[-1]))], axis=-1))
         tokens = latent.reshape(b, -1, self.token_dim) + jnp.asarray(self.token_positions())
-        code = tokens.reshape(b, self.code_dim)
-        if self.frozen:
-            code, tokens = jax.lax.stop_gradient(code), jax.lax.stop_gradient(tokens)
-        return code, tokens
+        return tokens.reshape(b, self.code_dim), tokens
 
 
 def _not_frozen(path, value) -> bool:

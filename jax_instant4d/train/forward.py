@@ -70,6 +70,9 @@ class ForwardPass(NamedTuple):
     z_drv: Motion  # motion of the driving frames, leaves [B, K, ...]
     delta_f: Array
     overflow: Int[Array, ""]
+    # the frozen motion encoder's codes of the K driven renders and of their teacher frames ([B, K, D] each),
+    # for the motion-consistency loss; None when that loss is off
+    codes: tuple[Float[Array, "B K D"], Float[Array, "B K D"]] | None = None
 
 
 def render_views(model: nnx.Module, avatar: Avatar, z: Motion, w2c: Float[Array, "B M 4 4"],
@@ -94,10 +97,12 @@ def encode_batch(model: nnx.Module, batch: Batch, image_size: int) -> tuple[Avat
     z_drv = jax.tree.map(lambda x: x.reshape(b, k, *x.shape[1:]), model.motion(drv))
     return avatar, z_src, share_over_views(z_drv, batch["time"])
 
-def forward(model: nnx.Module, batch: Batch, res: int, image_size: int, mesh: Mesh | None) -> ForwardPass:
+def forward(model: nnx.Module, batch: Batch, res: int, image_size: int, mesh: Mesh | None,
+            motion_codes: bool = False) -> ForwardPass:
     """Renders each example at its source camera with its own motion and at its K target cameras with
     the driving motions, at ``res``; the targets resized to ``res``; the model's δf and overflow (a
-    model whose ``animate`` gives no ``delta`` or ``overflow`` is an error)."""
+    model whose ``animate`` gives no ``delta`` or ``overflow`` is an error). ``motion_codes``: also the
+    motion encoder's codes of the K driven renders and of their targets (:func:`motion_code_pair`)."""
     avatar, z_src, z_drv = encode_batch(model, batch, image_size)
     data_res = batch["source"].shape[1]
     z = _stack(z_src, z_drv)
@@ -115,7 +120,21 @@ def forward(model: nnx.Module, batch: Batch, res: int, image_size: int, mesh: Me
                          f"outputs (has {sorted(aux)}): the δf penalty and the overflow count need them")
     delta_f = aux["delta"]
     overflow = jnp.sum(aux["overflow"]).astype(jnp.int32)
-    return ForwardPass(rgb, target, z_src, z_drv, delta_f, overflow)
+    codes = motion_code_pair(model, rgb[:, 1:], target[:, 1:], image_size) if motion_codes else None
+    return ForwardPass(rgb, target, z_src, z_drv, delta_f, overflow, codes)
+
+
+def motion_code_pair(model: nnx.Module, rgb: Float[Array, "B K r r 3"], target: Float[Array, "B K r r 3"],
+                     image_size: int) -> tuple[Float[Array, "B K D"], Float[Array, "B K D"]]:
+    """The motion encoder's codes of driven renders and of their teacher frames, each fed as driving frames
+    are (at ``image_size``, then the face crop). The target's code carries no gradient; the render's
+    carries it back to the avatar (the encoder itself must be frozen: the loss would otherwise teach it to
+    read every frame alike)."""
+    b, k, r = rgb.shape[:3]
+    both = jnp.concatenate([rgb.reshape(b * k, r, r, -1), jax.lax.stop_gradient(target).reshape(b * k, r, r, -1)])
+    code = model.motion(resize_square(both, int(image_size)), input_gradient=True).code
+    code = code.reshape(2, b, k, -1)
+    return code[0], jax.lax.stop_gradient(code[1])
 
 def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params]) -> dict[str, jax.Array]:
     """Every loss term but the adversarial one (a term whose network is missing is 0)."""
@@ -133,6 +152,9 @@ def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params]) -> dic
         "region": L.masked_l1(out.rgb[:, 1:].reshape(b * k, res, res, -1),
                               out.target[:, 1:].reshape(b * k, res, res, -1), masks),
         "delta_f": jnp.mean(jnp.square(out.delta_f)),
+        # squared distance between the motion encoder's codes of each driven render and of its teacher frame
+        "motion": (jnp.mean(jnp.sum(jnp.square(out.codes[0] - out.codes[1]), axis=-1))
+                   if out.codes is not None else zero),
     }
 
 def disc_inputs(out: ForwardPass) -> tuple[Float[Array, "N r r 3"], Float[Array, "N r r 3"], Float[Array, "N Z2"]]:

@@ -37,7 +37,7 @@ from jax_instant4d.train.distributed import (
     lead_prepares,
 )
 from jax_instant4d.train.sharding import ShardingError, data_parallel_size, describe, make_mesh, to_global
-from jax_instant4d.train.step import ModelFactory, Trainer, resolution_at
+from jax_instant4d.train.step import LOSS_NAMES, ModelFactory, Trainer, resolution_at
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,14 @@ def check_config(cfg: ConfigDict, *, real_model: bool = True, real_data: bool = 
              "must be a step >= 0, or -1 (never)")
     _require(int(t.loss.identity_depth) in IRESNET_DEPTHS, "train.loss.identity_depth", t.loss.identity_depth,
              f"allowed: {', '.join(map(str, sorted(IRESNET_DEPTHS)))}")
+    for name in LOSS_NAMES:
+        v = t.loss[name]
+        _require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+                 f"train.loss.{name}", v, "must be a finite number >= 0 (0 = off)")
+    if float(t.loss.motion) > 0 and not cfg.model.motion.freeze:
+        raise ConfigError(f"train.loss.motion={t.loss.motion!r} needs model.motion.freeze=true: the loss compares "
+                          "the motion encoder's codes of renders and targets, and a trained encoder would learn to "
+                          "read every frame alike")
     _existing_file("train.loss.lpips_weights", t.loss.lpips_weights)
     _existing_file("train.loss.identity_weights", t.loss.identity_weights)
     for entry in tuple(t.resolution_schedule):

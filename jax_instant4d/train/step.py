@@ -79,7 +79,8 @@ class Trainer(TrainSetup):
 
         def gen_loss(params):
             model = self.mdef.merge(params, state.frozen, state.rest, gkey)
-            out = forward(model, batch, res, self.cfg.model.image_size, self.mesh)
+            out = forward(model, batch, res, self.cfg.model.image_size, self.mesh,
+                          motion_codes=self.weights["motion"] > 0)
             terms = loss_terms(out, batch, nets)
             if adv:
                 disc = self.ddef.merge(state.disc, {}, state.disc_rest, dkey)
