@@ -194,6 +194,9 @@ def _train_defaults() -> ConfigDict:
             # squared distance between the frozen motion encoder's codes of each driven render and of its teacher
             # frame (not the paper's: its expression signal beyond the pixels is the motion-conditioned adversary)
             "motion": 0.0,
+            # true: compare the codes' changes from the source view (render vs source image), so that what the encoder
+            # reads in every render alike (blur) cancels; false: compare each driven render's code with its target's
+            "motion_relative": True,
             "adversarial": 0.025,
             "adversarial_start": 10000,  # step at which the adversarial loss switches on (-1 = never)
         }),

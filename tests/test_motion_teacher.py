@@ -246,11 +246,12 @@ def test_real_model_trains_through_trainer_step_and_its_frozen_encoder_stays_bit
 
 
 def test_motion_loss_is_the_code_distance_of_render_and_target_read_by_the_teacher_file(cfg, teacher):
-    """``train.loss.motion``: the term equals the squared distance between the codes of each driven render
-    and of its teacher frame, read by a second path (the teacher's encoder object that was saved to the file,
-    fed as ``motion_teacher.encoder_codes`` feeds frames); its gradient reaches the avatar (encoder, Φ,
-    fusion) through the frozen encoder's input, never its weights; off (0) it computes no codes. A trainable
-    encoder is an error."""
+    """``train.loss.motion``: the term equals the squared distance between the codes' changes from the source
+    view to each driven view, render against target (``motion_relative``, the default), or between the codes of
+    each driven render and of its teacher frame (``motion_relative=false``), read by a second path (the
+    teacher's encoder object that was saved to the file, fed as ``motion_teacher.encoder_codes`` feeds
+    frames); its gradient reaches the avatar (encoder, Φ, fusion) through the frozen encoder's input, never
+    its weights; off (0) it computes no codes. A trainable encoder is an error."""
     from jax_instant4d import data
     from jax_instant4d.train.forward import forward, loss_terms
     from jax_instant4d.train.loop import check_config
@@ -274,24 +275,33 @@ def test_motion_loss_is_the_code_distance_of_render_and_target_read_by_the_teach
 
     with jax.set_mesh(mesh):
         value, out = term(state.params)
+        absolute = loss_terms(out, batch, {}, motion_relative=False)["motion"]
         off, out_off = term(state.params, with_codes=False)
         grads = jax.grad(lambda p: term(p)[0])(state.params)
         frozen_grads = jax.grad(lambda f: term(state.params, frozen=f)[0])(state.frozen)
     assert out_off.codes is None and float(off) == 0.0
-    b, k = out.rgb.shape[0], out.rgb.shape[1] - 1
-    flat = lambda x: np.asarray(x[:, 1:]).reshape(b * k, size, size, 3)
+    b, m = out.rgb.shape[:2]
     encoder.eval()
-    want = np.sum(np.square(np.asarray(motion_teacher.encoder_codes(encoder, jnp.asarray(flat(out.rgb)), size))
-                            - np.asarray(motion_teacher.encoder_codes(encoder, jnp.asarray(flat(out.target)), size))),
-                  axis=-1).mean()
-    assert float(value) > 0.01
-    np.testing.assert_allclose(float(value), want, rtol=1e-4)
+
+    def read(x):  # [B, M, r, r, 3] -> codes [B, M, D], by the teacher's own encoder object
+        return np.asarray(motion_teacher.encoder_codes(encoder, jnp.asarray(x).reshape(b * m, size, size, 3),
+                                                       size), np.float64).reshape(b, m, -1)
+
+    c_render, c_target = read(out.rgb), read(out.target)
+    want_abs = np.sum(np.square(c_render[:, 1:] - c_target[:, 1:]), axis=-1).mean()
+    change = lambda c: c[:, 1:] - c[:, :1]
+    want_rel = np.sum(np.square(change(c_render) - change(c_target)), axis=-1).mean()
+    assert float(value) > 0.01 and float(absolute) > 0.01 and abs(want_rel - want_abs) > 1e-3 * want_abs
+    np.testing.assert_allclose(float(value), want_rel, rtol=1e-4)
+    np.testing.assert_allclose(float(absolute), want_abs, rtol=1e-4)
     for part in ("encoder", "decoder", "fusion"):
         assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads[part])), part
     assert "motion_encoder" not in grads  # frozen: not a trained parameter, and it gets no gradient either
     assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(frozen_grads["motion_encoder"]))
     with pytest.raises(ConfigError, match=r"train\.loss\.motion.*model\.motion\.freeze=true"):
         check_config(apply_overrides(run, ["model.motion.freeze=false"]))
+    with pytest.raises(ConfigError, match=r"train\.loss\.motion_relative.*true or false"):
+        check_config(apply_overrides(run, ["train.loss.motion_relative=1"]))
     with pytest.raises(ConfigError, match=r"train\.loss\.motion=-1\.0.*>= 0"):
         check_config(apply_overrides(run, ["train.loss.motion=-1.0"]))
 

@@ -70,9 +70,9 @@ class ForwardPass(NamedTuple):
     z_drv: Motion  # motion of the driving frames, leaves [B, K, ...]
     delta_f: Array
     overflow: Int[Array, ""]
-    # the frozen motion encoder's codes of the K driven renders and of their teacher frames ([B, K, D] each),
-    # for the motion-consistency loss; None when that loss is off
-    codes: tuple[Float[Array, "B K D"], Float[Array, "B K D"]] | None = None
+    # the frozen motion encoder's codes of the M renders and of their targets ([B, M, D] each, the source view
+    # first), for the motion-consistency loss; None when that loss is off
+    codes: tuple[Float[Array, "B M D"], Float[Array, "B M D"]] | None = None
 
 
 def render_views(model: nnx.Module, avatar: Avatar, z: Motion, w2c: Float[Array, "B M 4 4"],
@@ -102,7 +102,7 @@ def forward(model: nnx.Module, batch: Batch, res: int, image_size: int, mesh: Me
     """Renders each example at its source camera with its own motion and at its K target cameras with
     the driving motions, at ``res``; the targets resized to ``res``; the model's δf and overflow (a
     model whose ``animate`` gives no ``delta`` or ``overflow`` is an error). ``motion_codes``: also the
-    motion encoder's codes of the K driven renders and of their targets (:func:`motion_code_pair`)."""
+    motion encoder's codes of the M renders and of their targets (:func:`motion_code_pair`)."""
     avatar, z_src, z_drv = encode_batch(model, batch, image_size)
     data_res = batch["source"].shape[1]
     z = _stack(z_src, z_drv)
@@ -120,14 +120,14 @@ def forward(model: nnx.Module, batch: Batch, res: int, image_size: int, mesh: Me
                          f"outputs (has {sorted(aux)}): the δf penalty and the overflow count need them")
     delta_f = aux["delta"]
     overflow = jnp.sum(aux["overflow"]).astype(jnp.int32)
-    codes = motion_code_pair(model, rgb[:, 1:], target[:, 1:], image_size) if motion_codes else None
+    codes = motion_code_pair(model, rgb, target, image_size) if motion_codes else None
     return ForwardPass(rgb, target, z_src, z_drv, delta_f, overflow, codes)
 
 
-def motion_code_pair(model: nnx.Module, rgb: Float[Array, "B K r r 3"], target: Float[Array, "B K r r 3"],
-                     image_size: int) -> tuple[Float[Array, "B K D"], Float[Array, "B K D"]]:
-    """The motion encoder's codes of driven renders and of their teacher frames, each fed as driving frames
-    are (at ``image_size``, then the face crop). The target's code carries no gradient; the render's
+def motion_code_pair(model: nnx.Module, rgb: Float[Array, "B M r r 3"], target: Float[Array, "B M r r 3"],
+                     image_size: int) -> tuple[Float[Array, "B M D"], Float[Array, "B M D"]]:
+    """The motion encoder's codes of renders and of their targets, each fed as driving frames are (at
+    ``image_size``, then the face crop). The target's code carries no gradient; the render's
     carries it back to the avatar (the encoder itself must be frozen: the loss would otherwise teach it to
     read every frame alike)."""
     b, k, r = rgb.shape[:3]
@@ -136,8 +136,10 @@ def motion_code_pair(model: nnx.Module, rgb: Float[Array, "B K r r 3"], target: 
     code = code.reshape(2, b, k, -1)
     return code[0], jax.lax.stop_gradient(code[1])
 
-def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params]) -> dict[str, jax.Array]:
-    """Every loss term but the adversarial one (a term whose network is missing is 0)."""
+def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params], motion_relative: bool = True
+               ) -> dict[str, jax.Array]:
+    """Every loss term but the adversarial one (a term whose network is missing, or whose codes the forward
+    pass did not compute, is 0); ``motion_relative``: :func:`motion_consistency`'s form."""
     b, m, res = out.rgb.shape[0], out.rgb.shape[1], out.rgb.shape[2]
     pred = out.rgb.reshape(b * m, res, res, -1)
     tgt = out.target.reshape(pred.shape)
@@ -152,10 +154,22 @@ def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params]) -> dic
         "region": L.masked_l1(out.rgb[:, 1:].reshape(b * k, res, res, -1),
                               out.target[:, 1:].reshape(b * k, res, res, -1), masks),
         "delta_f": jnp.mean(jnp.square(out.delta_f)),
-        # squared distance between the motion encoder's codes of each driven render and of its teacher frame
-        "motion": (jnp.mean(jnp.sum(jnp.square(out.codes[0] - out.codes[1]), axis=-1))
-                   if out.codes is not None else zero),
+        "motion": motion_consistency(*out.codes, relative=motion_relative) if out.codes is not None else zero,
     }
+
+
+def motion_consistency(render: Float[Array, "B M D"], target: Float[Array, "B M D"], relative: bool = True
+                       ) -> Float[Array, ""]:
+    """The motion-consistency loss on the motion encoder's codes of the M renders and targets (the source
+    view first): the squared distance between each driven render's code and its target's, mean over the K
+    driven views; ``relative``: between their *changes* from the source view (render: the avatar with its own
+    motion at the source camera; target: the source image), so that what the encoder reads in every render
+    of the avatar alike (its blur, its missing detail) cancels and only the expression change counts."""
+    if relative:
+        render, target = render[:, 1:] - render[:, :1], target[:, 1:] - target[:, :1]
+    else:
+        render, target = render[:, 1:], target[:, 1:]
+    return jnp.mean(jnp.sum(jnp.square(render - target), axis=-1))
 
 def disc_inputs(out: ForwardPass) -> tuple[Float[Array, "N r r 3"], Float[Array, "N r r 3"], Float[Array, "N Z2"]]:
     """The discriminator's fake and real images (the K targets) and its condition [z_src, z_drv]."""
