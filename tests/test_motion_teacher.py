@@ -300,8 +300,6 @@ def test_motion_loss_is_the_code_distance_of_render_and_target_read_by_the_teach
     assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(frozen_grads["motion_encoder"]))
     with pytest.raises(ConfigError, match=r"train\.loss\.motion.*model\.motion\.freeze=true"):
         check_config(apply_overrides(run, ["model.motion.freeze=false"]))
-    with pytest.raises(ConfigError, match=r"train\.loss\.motion_relative.*true or false"):
-        check_config(apply_overrides(run, ["train.loss.motion_relative=1"]))
     with pytest.raises(ConfigError, match=r"train\.loss\.motion=-1\.0.*>= 0"):
         check_config(apply_overrides(run, ["train.loss.motion=-1.0"]))
 

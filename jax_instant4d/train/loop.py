@@ -135,8 +135,6 @@ def check_config(cfg: ConfigDict, *, real_model: bool = True, real_data: bool = 
         v = t.loss[name]
         _require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
                  f"train.loss.{name}", v, "must be a finite number >= 0 (0 = off)")
-    _require(isinstance(t.loss.motion_relative, bool), "train.loss.motion_relative", t.loss.motion_relative,
-             "must be true or false")
     if float(t.loss.motion) > 0 and not cfg.model.motion.freeze:
         raise ConfigError(f"train.loss.motion={t.loss.motion!r} needs model.motion.freeze=true: the loss compares "
                           "the motion encoder's codes of renders and targets, and a trained encoder would learn to "
