@@ -79,7 +79,7 @@ class FakeInstant4D(nnx.Module):
         self.head = nnx.Linear(c, 3, rngs=rngs)
         self.camera = nnx.Linear(3, 3, rngs=rngs)
 
-    def motion(self, frame) -> Motion:
+    def motion(self, frame, *, input_gradient: bool = False) -> Motion:  # trainable: gradients either way
         pooled = jax.image.resize(frame, (frame.shape[0], 4, 4, 3), method="linear", antialias=True)
         code = jnp.tanh(self.motion_encoder(pooled.reshape(frame.shape[0], -1)))
         return Motion(code, code.reshape(frame.shape[0], -1, 2))

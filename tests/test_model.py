@@ -51,7 +51,7 @@ class StandInMotion(nnx.Module):
         self.token_dim = int(mot.token_dim)
         self.proj = nnx.Linear(8 * 8 * 3, int(mot.code_dim), rngs=rngs)
 
-    def __call__(self, crop):
+    def __call__(self, crop, *, input_gradient=False):  # trainable: its code carries gradients either way
         b = crop.shape[0]
         code = self.proj(jax.image.resize(crop, (b, 8, 8, 3), "bilinear").reshape(b, -1))
         return code, code.reshape(b, -1, self.token_dim)
