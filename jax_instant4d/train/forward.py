@@ -130,10 +130,10 @@ def motion_code_pair(model: nnx.Module, rgb: Float[Array, "B M r r 3"], target: 
     ``image_size``, then the face crop). The target's code carries no gradient; the render's
     carries it back to the avatar (the encoder itself must be frozen: the loss would otherwise teach it to
     read every frame alike)."""
-    b, k, r = rgb.shape[:3]
-    both = jnp.concatenate([rgb.reshape(b * k, r, r, -1), jax.lax.stop_gradient(target).reshape(b * k, r, r, -1)])
+    b, m, r = rgb.shape[:3]
+    both = jnp.concatenate([rgb.reshape(b * m, r, r, -1), jax.lax.stop_gradient(target).reshape(b * m, r, r, -1)])
     code = model.motion(resize_square(both, int(image_size)), input_gradient=True).code
-    code = code.reshape(2, b, k, -1)
+    code = code.reshape(2, b, m, -1)
     return code[0], jax.lax.stop_gradient(code[1])
 
 def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params], motion_relative: bool = True
