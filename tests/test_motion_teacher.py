@@ -253,7 +253,7 @@ def test_motion_loss_is_the_code_distance_of_render_and_target_read_by_the_teach
     frames); its gradient reaches the avatar (encoder, Φ, fusion) through the frozen encoder's input, never
     its weights; off (0) it computes no codes. A trainable encoder is an error."""
     from jax_instant4d import data
-    from jax_instant4d.train.forward import forward, loss_terms
+    from jax_instant4d.train.forward import forward, loss_terms, motion_consistency
     from jax_instant4d.train.loop import check_config
     from jax_instant4d.train.sharding import make_mesh, to_global
     from jax_instant4d.train.step import Trainer
@@ -268,18 +268,21 @@ def test_motion_loss_is_the_code_distance_of_render_and_target_read_by_the_teach
     batch = to_global(next(data.make_pipeline(run, "train", int(run.train.batch_size))), mesh)
     size = int(run.model.image_size)
 
-    def term(params, with_codes=True, frozen=state.frozen):
+    def term(params, frozen, with_codes=True):
         model = trainer.mdef.merge(params, frozen, state.rest, jax.random.key(0))
         out = forward(model, batch, size, size, mesh, motion_codes=with_codes)
         return loss_terms(out, batch, {})["motion"], out
 
     with jax.set_mesh(mesh):
-        value, out = term(state.params)
-        absolute = loss_terms(out, batch, {}, motion_relative=False)["motion"]
-        off, out_off = term(state.params, with_codes=False)
-        grads = jax.grad(lambda p: term(p)[0])(state.params)
-        frozen_grads = jax.grad(lambda f: term(state.params, frozen=f)[0])(state.frozen)
-    assert out_off.codes is None and float(off) == 0.0
+        # one compiled forward and backward (run op by op it took minutes): the term, the pass it came from, and
+        # its gradients to the trained and to the frozen parameters
+        (value, out), (grads, frozen_grads) = jax.jit(jax.value_and_grad(term, argnums=(0, 1), has_aux=True))(
+            state.params, state.frozen)
+        # off: the pass computes no codes (traced, not run) and the term of a pass without codes is 0
+        _, shapes_off = jax.eval_shape(lambda p, f: term(p, f, with_codes=False), state.params, state.frozen)
+    absolute = motion_consistency(*out.codes, relative=False)
+    off = loss_terms(out._replace(codes=None), batch, {})["motion"]
+    assert shapes_off.codes is None and float(off) == 0.0
     b, m = out.rgb.shape[:2]
     encoder.eval()
 

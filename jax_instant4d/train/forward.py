@@ -171,6 +171,7 @@ def motion_consistency(render: Float[Array, "B M D"], target: Float[Array, "B M 
         render, target = render[:, 1:], target[:, 1:]
     return jnp.mean(jnp.sum(jnp.square(render - target), axis=-1))
 
+
 def disc_inputs(out: ForwardPass) -> tuple[Float[Array, "N r r 3"], Float[Array, "N r r 3"], Float[Array, "N Z2"]]:
     """The discriminator's fake and real images (the K targets) and its condition [z_src, z_drv]."""
     b, m, res = out.rgb.shape[:3]
