@@ -155,7 +155,7 @@ setup(
         # face detection + 68-point landmarks for `instant4d animate` (prebuilt dlib wheels; the model
         # files ship in face-recognition-models, ~100 MB; nothing is downloaded at run time)
         "face": FACE,
-        "test": ["pytest>=8", "ruff>=0.6", "scikit-image>=0.22", *FACE],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-image>=0.22", *FACE],
         "torch": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["instant4d=jax_instant4d.cli:main"]},

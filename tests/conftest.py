@@ -1,7 +1,10 @@
 """Shared test set-up: four host CPU devices (for shard_map / mesh tests), XLA's backend optimisations off,
 and small helpers."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -16,6 +19,19 @@ jax.config.update("jax_num_cpu_devices", 4)
 # any test runs; processes the tests launch get it through ``child_env``.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+# One persistent compilation cache for the whole session, its pytest-xdist workers and the processes it launches,
+# in a fresh folder: a program several tests compile (the tiny real train step, a relaunched worker's step)
+# compiles once; the time the suite takes does not depend on what earlier sessions left in the user's cache
+# (``train.compilation_cache`` "user", training's default, keeps a folder JAX was given); and the tests write
+# nothing there. INSTANT4D_TEST_XLA_CACHE names a folder to keep between sessions instead (results do not
+# depend on it). The process that makes the folder (pytest's main process) removes it at exit.
+TEST_XLA_CACHE = os.environ.get("INSTANT4D_TEST_XLA_CACHE") or os.environ.get("_INSTANT4D_SESSION_XLA_CACHE")
+if not TEST_XLA_CACHE:
+    TEST_XLA_CACHE = os.environ["_INSTANT4D_SESSION_XLA_CACHE"] = tempfile.mkdtemp(prefix="instant4d-tests-xla-")
+    atexit.register(shutil.rmtree, TEST_XLA_CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = TEST_XLA_CACHE
+jax.config.update("jax_compilation_cache_dir", TEST_XLA_CACHE)
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -14,10 +14,15 @@ from jax_instant4d.config import ConfigDict, get_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# small.py shrunk further: 1,024 Gaussians; 4 identities (2 held out) x 1 clip x T=2 x V=2 at 64^2.
+# small.py shrunk further: 1,024 Gaussians; 4 identities (2 held out) x 1 clip x T=2 x V=2 at 64^2; one block per
+# ResNet stage, one low-res transformer block, one high-res layer and a depth-1 hourglass (every kind of layer
+# stays: the tests check plumbing and parity, and a shallower step reaches its first step in 83 s instead of 135 s
+# cold, benchmarks/train.py --first-step, README "How long the tests take").
 TINY_OVERRIDES = [
     "data.num_identities=4", "data.heldout_identities=2", "data.clips_per_identity=1", "data.time_steps=2",
-    "data.views=2", "model.gaussian_res=32", "train.batch_size=4", "train.eval_batch_size=4", "train.eval_batches=1",
+    "data.views=2", "model.gaussian_res=32", "model.encoder.resnet_blocks=(1,1,1,1)", "model.encoder.lowres_blocks=1",
+    "model.encoder.highres_layers=1", "model.motion.hourglass_depth=1",
+    "train.batch_size=4", "train.eval_batch_size=4", "train.eval_batches=1",
     "train.async_checkpoint=False", "train.progress=False", "train.mesh=(-1,1,1)", "render.backend=cpu",
     # a motion encoder initialised with the model (pretraining the teacher's takes minutes); the pretrained,
     # frozen path (small.py's default) has its own tests in test_motion_teacher.py

@@ -97,6 +97,7 @@ def encode_batch(model: nnx.Module, batch: Batch, image_size: int) -> tuple[Avat
     z_drv = jax.tree.map(lambda x: x.reshape(b, k, *x.shape[1:]), model.motion(drv))
     return avatar, z_src, share_over_views(z_drv, batch["time"])
 
+
 def forward(model: nnx.Module, batch: Batch, res: int, image_size: int, mesh: Mesh | None,
             motion_codes: bool = False) -> ForwardPass:
     """Renders each example at its source camera with its own motion and at its K target cameras with
@@ -135,6 +136,7 @@ def motion_code_pair(model: nnx.Module, rgb: Float[Array, "B M r r 3"], target: 
     code = model.motion(resize_square(both, int(image_size)), input_gradient=True).code
     code = code.reshape(2, b, m, -1)
     return code[0], jax.lax.stop_gradient(code[1])
+
 
 def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params], motion_relative: bool = True
                ) -> dict[str, jax.Array]:
