@@ -44,6 +44,7 @@ OVERRIDES = [o for o in TINY_OVERRIDES if not o.startswith(("train.mesh=", "trai
                                                                "train.async_checkpoint="))] + [
     "train.mesh=(2,1,1)", "train.eval_batches=0", "train.async_checkpoint=true", f"train.steps={STEPS}",
     "train.checkpoint_every=2", "train.log_every=1", "train.image_every=0",
+    "train.warmup_steps=0",  # small.py warms up over 20 steps: 6 steps at a few % of the rate barely move the loss
 ]
 
 
@@ -169,7 +170,7 @@ def test_first_run_on_an_empty_data_dir(reference, shared):
     assert list((data_dir / "synthetic_heads").iterdir())  # generated there, once
     assert sorted(losses) == list(range(1, STEPS + 1))
     assert all(np.isfinite(v) for v in losses.values())
-    assert losses[STEPS] < losses[1]
+    assert losses[STEPS] < losses[1], losses
     final = [re.search(rf"\[process {i}/2\] finished at step (\d+), loss (\S+)", log) for i, log in enumerate(logs)]
     assert all(final), logs
     assert final[0].groups() == final[1].groups() and int(final[0].group(1)) == STEPS
