@@ -1,5 +1,5 @@
 """Shared test set-up: four host CPU devices (for shard_map / mesh tests), XLA's backend optimisations off,
-and small helpers."""
+one persistent compilation cache for the session, and small helpers."""
 
 import atexit
 import os
