@@ -184,6 +184,9 @@ def _train_defaults() -> ConfigDict:
         "resolution_schedule": (),
         "loss": ConfigDict({
             "l1": 1.0,
+            # 1 - SSIM over the whole frame (not the paper's: its perceptual term is LPIPS, whose VGG weights a
+            # run may not have; 3D Gaussian splatting trains with 0.8 L1 + 0.2 (1 - SSIM))
+            "ssim": 0.0,
             "lpips": 1.0,
             "lpips_weights": "",  # LPIPS-VGG weights (.safetensors/.npz); "" = loss off
             "identity": 0.1,

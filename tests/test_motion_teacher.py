@@ -196,8 +196,8 @@ def test_real_model_trains_through_trainer_step_and_its_frozen_encoder_stays_bit
     """The real Instant4D (tiny sizes) and the real data pipeline through Trainer.step, with frozen
     pretrained motion weights (the paper's setting): the motion encoder's variables equal the file's and its
     outputs do not change, while the rest of the model trains (gradients reach the encoder, Φ and the fusion
-    network) and the loss is the weighted sum of its terms, δf's penalty included. (The real model with a
-    trainable motion encoder goes through training in tests/test_train_real_multihost.py.)"""
+    network) and the loss is the weighted sum of its terms, δf's penalty and the structural term included. (The
+    real model with a trainable motion encoder goes through training in tests/test_train_real_multihost.py.)"""
     from jax_instant4d import data
     from jax_instant4d.train.setup import LOSS_NAMES
     from jax_instant4d.train.sharding import make_mesh, to_global
@@ -206,7 +206,7 @@ def test_real_model_trains_through_trainer_step_and_its_frozen_encoder_stays_bit
     encoder, _, path = teacher
     run = motion_weights.prepare(apply_overrides(cfg, [f"model.motion.weights={path}", "model.motion.freeze=true",
                                                        "train.loss.delta_f=0.001", "train.loss.motion=0.01",
-                                                       "train.warmup_steps=0"]))
+                                                       "train.loss.ssim=0.25", "train.warmup_steps=0"]))
     data.ensure_dataset(run, progress=False)
     mesh = make_mesh(run.train.mesh)
     trainer = Trainer(run, mesh)
@@ -236,6 +236,7 @@ def test_real_model_trains_through_trainer_step_and_its_frozen_encoder_stays_bit
         assert np.isfinite(m["loss"]) and int(m["nonfinite"]) == 0 and int(state.step) == i + 1
         np.testing.assert_allclose(m["loss"], sum(weights[n] * float(m[f"loss_{n}"]) for n in LOSS_NAMES), rtol=1e-6)
         assert m["loss_delta_f"] > 0 and m["loss_l1"] > 0 and m["loss_motion"] > 0 and 5.0 < m["psnr"] < 60.0
+        assert 0.0 < m["loss_ssim"] < 2.0
         assert float(m["lr"]) == pytest.approx(float(run.train.learning_rate))
     np.testing.assert_array_equal(codes(state), before_codes)
     after = jax.device_get(state.params)
@@ -252,8 +253,9 @@ def test_motion_loss_is_the_code_distance_of_render_and_target_read_by_the_teach
     teacher's encoder object that was saved to the file, fed as ``motion_teacher.encoder_codes`` feeds
     frames); its gradient reaches every render, source view included (and from there the avatar, whose
     render gradients the rasterizer and model tests check), through the frozen encoder's input, never its
-    weights; off (0) the forward pass computes no codes. A trainable encoder is an error. (The term inside
-    the train step, with the avatar's parameters moving: the test above.)"""
+    weights; off (0) the forward pass computes no codes. A trainable encoder is an error. Also the structural term
+    (``train.loss.ssim``) on the same renders. (The term inside the train step, with
+    the avatar's parameters moving: the test above.)"""
     from jax_instant4d import data
     from jax_instant4d.train.forward import forward, loss_terms, motion_code_pair, motion_consistency
     from jax_instant4d.train.loop import check_config
@@ -285,6 +287,14 @@ def test_motion_loss_is_the_code_distance_of_render_and_target_read_by_the_teach
     absolute = loss_terms(out, batch, {}, motion_relative=False)["motion"]
     assert off.codes is None and float(loss_terms(out._replace(codes=None), batch, {})["motion"]) == 0.0
     b, m = out.rgb.shape[:2]
+    # the structural term (train.loss.ssim) on the same renders: 1 - SSIM over all M views, by the evaluation
+    # tests' NumPy SSIM; 0 unless asked for
+    from test_eval import _np_ssim
+
+    rgb, tgt = (np.asarray(x, np.float64).reshape(b * m, size, size, 3) for x in (out.rgb, out.target))
+    np.testing.assert_allclose(float(loss_terms(out, batch, {}, structural=True)["ssim"]),
+                               1.0 - np.mean([_np_ssim(rgb[i], tgt[i]) for i in range(b * m)]), atol=2e-5)
+    assert float(loss_terms(out, batch, {})["ssim"]) == 0.0
     encoder.eval()
 
     def read(x):  # [B, M, r, r, 3] -> codes [B, M, D], by the teacher's own encoder object

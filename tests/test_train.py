@@ -48,6 +48,30 @@ def test_pixel_losses_and_psnr(rng):
     np.testing.assert_allclose(L.resize_to(big, 4)[0, 0, 0], big[0, :2, :2].mean(axis=(0, 1)), rtol=1e-6)
 
 
+def test_structural_loss_is_one_minus_ssim_and_its_gradient_matches_finite_differences(rng):
+    """``train.loss.ssim``'s term: 1 - SSIM, mean over the images, by the independent NumPy SSIM of the
+    evaluation tests; its gradient (through the window's local moments) against central differences."""
+    from test_eval import _np_ssim
+
+    a = rng.uniform(size=(2, 13, 14, 3)).astype(np.float32)
+    b = np.clip(a + rng.normal(scale=0.1, size=a.shape), 0, 1).astype(np.float32)
+    assert float(L.structural(jnp.asarray(a), jnp.asarray(a))) == pytest.approx(0.0, abs=1e-6)
+    want = 1.0 - np.mean([_np_ssim(a[i], b[i]) for i in range(2)])
+    np.testing.assert_allclose(float(L.structural(jnp.asarray(a), jnp.asarray(b))), want, atol=2e-5)
+    assert want > 0.05
+    grad = np.asarray(jax.grad(L.structural)(jnp.asarray(b), jnp.asarray(a)))
+    x = b.astype(np.float64)
+    for idx in [(0, 0, 0, 0), (0, 6, 7, 1), (1, 12, 13, 2), (1, 3, 9, 0)]:  # corners see one window, the centre many
+        eps = 1e-2
+        up, down = x.copy(), x.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        fd = (1.0 - np.mean([_np_ssim(up[i], a[i]) for i in range(2)])
+              - 1.0 + np.mean([_np_ssim(down[i], a[i]) for i in range(2)])) / (2 * eps)
+        np.testing.assert_allclose(grad[idx], fd, rtol=2e-2, atol=2e-5, err_msg=str(idx))
+    assert np.abs(grad[0, 6, 7, 1]) > 10 * np.abs(grad[0, 0, 0, 0]) > 0
+
+
 def test_lpips_random_network_is_a_distance():
     p = L.init_lpips(0)
     x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))

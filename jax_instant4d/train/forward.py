@@ -138,10 +138,11 @@ def motion_code_pair(model: nnx.Module, rgb: Float[Array, "B M r r 3"], target: 
     return code[0], jax.lax.stop_gradient(code[1])
 
 
-def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params], motion_relative: bool = True
-               ) -> dict[str, jax.Array]:
+def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params], motion_relative: bool = True,
+               structural: bool = False) -> dict[str, jax.Array]:
     """Every loss term but the adversarial one (a term whose network is missing, or whose codes the forward
-    pass did not compute, is 0); ``motion_relative``: :func:`motion_consistency`'s form."""
+    pass did not compute, is 0); ``motion_relative``: :func:`motion_consistency`'s form; ``structural``:
+    compute the 1 - SSIM term (else 0, so that a run without it compiles the step it compiled before)."""
     b, m, res = out.rgb.shape[0], out.rgb.shape[1], out.rgb.shape[2]
     pred = out.rgb.reshape(b * m, res, res, -1)
     tgt = out.target.reshape(pred.shape)
@@ -151,6 +152,7 @@ def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params], motion
     zero = jnp.zeros((), jnp.float32)
     return {
         "l1": L.l1(pred, tgt),
+        "ssim": L.structural(pred, tgt) if structural else zero,
         "lpips": jnp.mean(L.lpips(nets["lpips"], pred, tgt)) if "lpips" in nets else zero,
         "identity": L.identity_loss(nets["identity"], pred, tgt) if "identity" in nets else zero,
         "region": L.masked_l1(out.rgb[:, 1:].reshape(b * k, res, res, -1),

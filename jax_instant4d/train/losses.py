@@ -1,4 +1,4 @@
-"""Training losses: pixel, region, perceptual (LPIPS-VGG), identity (ArcFace IResNet), adversarial.
+"""Training losses: pixel, structural (SSIM), region, perceptual (LPIPS-VGG), identity (ArcFace IResNet), adversarial.
 
 The fixed loss networks and their weight files are :mod:`jax_instant4d.perceptual`; PSNR and resizing
 are :mod:`jax_instant4d.image_metrics` (shared with evaluation). Both are re-exported here, so training
@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from jax_instant4d.eval.metrics import ssim
 from jax_instant4d.image_metrics import masked_psnr, psnr, resize_to
 from jax_instant4d.perceptual import (
     IDENTITY_DIM,
@@ -31,11 +32,18 @@ __all__ = [
     "IDENTITY_DIM", "IDENTITY_SIZE", "Params", "discriminator_adversarial", "generator_adversarial",
     "identity_embedding", "identity_loss", "init_identity", "init_lpips", "iresnet_shapes", "l1", "load_weights",
     "lpips", "lpips_shapes", "masked_l1", "masked_psnr", "psnr", "read_tensor_file", "resize_to", "save_weights",
+    "structural",
 ]
 
 
 def l1(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"]) -> Float[Array, ""]:
     return jnp.mean(jnp.abs(pred - target))
+
+
+def structural(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"]) -> Float[Array, ""]:
+    """1 - SSIM, mean over the images (the evaluation's SSIM: 11 x 11 Gaussian window, sigma 1.5, where the
+    window fits): the structural term of 3D Gaussian splatting's own loss, which needs no pretrained network."""
+    return 1.0 - jnp.mean(ssim(pred, target))
 
 
 def masked_l1(pred: Float[Array, "B H W C"], target: Float[Array, "B H W C"],

@@ -27,7 +27,7 @@ from jax_instant4d.train.state import TrainState, make_disc_optimizer, make_opti
 ModelFactory = Callable[..., nnx.Module]
 logger = logging.getLogger(__name__)
 
-LOSS_NAMES = ("l1", "lpips", "identity", "region", "delta_f", "motion", "adversarial")
+LOSS_NAMES = ("l1", "ssim", "lpips", "identity", "region", "delta_f", "motion", "adversarial")
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 

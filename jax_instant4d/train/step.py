@@ -81,7 +81,8 @@ class Trainer(TrainSetup):
             model = self.mdef.merge(params, state.frozen, state.rest, gkey)
             out = forward(model, batch, res, self.cfg.model.image_size, self.mesh,
                           motion_codes=self.weights["motion"] > 0)
-            terms = loss_terms(out, batch, nets, bool(self.cfg.train.loss.motion_relative))
+            terms = loss_terms(out, batch, nets, bool(self.cfg.train.loss.motion_relative),
+                               structural=self.weights["ssim"] > 0)
             if adv:
                 disc = self.ddef.merge(state.disc, {}, state.disc_rest, dkey)
                 fake, _, cond = disc_inputs(out)
