@@ -293,7 +293,7 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
     cam = render.orbit_camera(jnp.zeros(1), jnp.zeros(1), radius=float(cfg.render.camera_radius),
                               fov_degrees=float(cfg.render.fov_degrees), size=settings.resolution)
     for task in ("self", "cross"):
-        ps, ss, lps, ex, ex_und, ex_ref = [], [], [], [], [], []
+        ps, ss, lps, ex, ex_und, ex_ref, ex_ceil = [], [], [], [], [], [], []
         # expressions: read from one frontal frame per time step at the regressor's resolution; the reference
         # is the ground truth rendered there
         for tk, ci, ours, ref in seen:
@@ -307,9 +307,11 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
                                              np.repeat(np.asarray(cam.intrinsics), t, 0), settings.resolution,
                                              cfg.render.backend, group=4)
             np.testing.assert_array_equal(np.round(ref * 255).astype(np.uint8), want)
-            err = np.abs(reg.predict(ours) - truth).mean(-1)
+            pred = reg.predict(ours)
+            err = np.abs(pred - truth).mean(-1)
             if tk.endswith("-undriven"):
                 ex_und.append(err)
+                ex_ceil.append(np.abs(pred - c.source_expression[None]).mean(-1))  # the source's own expression
             else:
                 ex.append(err)
                 ex_ref.append(np.abs(reg.predict(ref) - truth).mean(-1))
@@ -336,6 +338,11 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
         np.testing.assert_allclose(m["expression_error"], np.mean(np.concatenate(ex)), atol=1e-5)
         np.testing.assert_allclose(m["expression_error_teacher"], np.mean(np.concatenate(ex_ref)), atol=1e-5)
         np.testing.assert_allclose(m["expression_error_undriven"], np.mean(np.concatenate(ex_und)), atol=1e-5)
+        np.testing.assert_allclose(m["expression_error_ceiling"], np.mean(np.concatenate(ex_ceil)), atol=1e-5)
+        assert m["expression_error_ceiling"] != pytest.approx(m["expression_error_undriven"], abs=1e-4)
+        assert paper.reachable_gap(m) == pytest.approx(
+            (m["expression_error_undriven"] - m["expression_error_ceiling"])
+            / (m["expression_error_undriven"] - m["expression_error_teacher"]))
         assert m["num_expression_frames"] == 2 * t
         gap = paper.gap_closed(m)
         want_gap = (m["expression_error_undriven"] - m["expression_error"]) / (

@@ -291,7 +291,8 @@ def test_seed_groups_mean_and_spread(tmp_path):
 
     def ev(psnr, region, und, e, e_und, e_ref):
         return {"self": {"psnr": psnr, "region_psnr": region, "region_psnr_undriven": und, "expression_error": e,
-                         "expression_error_undriven": e_und, "expression_error_teacher": e_ref},
+                         "expression_error_undriven": e_und, "expression_error_teacher": e_ref,
+                         "expression_error_ceiling": (e + e_ref) / 2, "ssim": psnr / 30},
                 "cross": {"expression_error": e, "expression_error_undriven": e_und, "expression_error_teacher": e_ref}}
 
     rows, want = [], {}
@@ -315,6 +316,10 @@ def test_seed_groups_mean_and_spread(tmp_path):
         gap = [(x["self"]["expression_error_undriven"] - x["self"]["expression_error"])
                / (x["self"]["expression_error_undriven"] - x["self"]["expression_error_teacher"]) for x in evs]
         assert st["self gap closed"]["values"] == pytest.approx(gap)
+        reach = [(x["self"]["expression_error_undriven"] - x["self"]["expression_error_ceiling"])
+                 / (x["self"]["expression_error_undriven"] - x["self"]["expression_error_teacher"]) for x in evs]
+        assert st["self gap reachable"]["values"] == pytest.approx(reach)
+        assert st["self SSIM"]["mean"] == pytest.approx(psnr.mean() / 30)
     md = S.seeds_table(sw, list(groups.values()))
     assert "3 of 3" in md and "2 of 3" in md and "## Over seeds (`seed`, `train.seed`)" in md
     with pytest.raises(S.SweepError, match="seed key 'data.shuffle_seed'"):

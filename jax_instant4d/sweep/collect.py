@@ -102,15 +102,18 @@ def baseline_partner(sweep: Sweep, rows: list[dict[str, Any]], row: dict[str, An
     return None
 
 
-# Over seeds: (header, path in the eval JSON or "gap" for the expression gap closed, digits)
+# Over seeds: (header, path in the eval JSON, "gap" for the expression gap closed or "reach" for the gap reachable
+# at the run's reconstruction, digits)
 SEED_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("self PSNR (dB)", ("self", "psnr"), 2),
+    ("self SSIM", ("self", "ssim"), 4),
     ("self eyes+mouth PSNR (dB)", ("self", "region_psnr"), 2),
     ("eyes+mouth − undriven (dB)", ("self", "region_psnr", "-", "self", "region_psnr_undriven"), 2),
     ("self expr. err", ("self", "expression_error"), 4),
     ("self gap closed", ("gap", "self"), 2),
     ("cross expr. err", ("cross", "expression_error"), 4),
     ("cross gap closed", ("gap", "cross"), 2),
+    ("self gap reachable", ("reach", "self"), 2),
 )
 
 
@@ -119,6 +122,10 @@ def _seed_value(ev: dict[str, Any] | None, path: tuple[str, ...]) -> float | Non
         from jax_instant4d.eval.paper import gap_closed
 
         return gap_closed((ev or {}).get(path[1]) or {})
+    if path[0] == "reach":
+        from jax_instant4d.eval.paper import reachable_gap
+
+        return reachable_gap((ev or {}).get(path[1]) or {})
     if "-" in path:
         i = path.index("-")
         a, b = result_value(ev, path[:i]), result_value(ev, path[i + 1:])
