@@ -192,7 +192,25 @@ def test_a_second_process_waits_for_the_teacher_being_pretrained_and_loads_it(cf
     assert pretrained == []
 
 
-def test_real_model_trains_through_trainer_step_and_its_frozen_encoder_stays_bit_identical(cfg, teacher):
+@pytest.fixture(scope="module")
+def frozen_trainer(cfg, teacher):
+    """(run config, mesh, Trainer) of the real tiny model with the teacher file's encoder frozen and every loss
+    of the step on but the networks' (δf, the motion term, the structural term); the dataset made. Built once:
+    the two tests below share its compiled initialisation."""
+    from jax_instant4d import data
+    from jax_instant4d.train.sharding import make_mesh
+    from jax_instant4d.train.step import Trainer
+
+    _, _, path = teacher
+    run = motion_weights.prepare(apply_overrides(cfg, [f"model.motion.weights={path}", "model.motion.freeze=true",
+                                                       "train.loss.delta_f=0.001", "train.loss.motion=0.01",
+                                                       "train.loss.ssim=0.25", "train.warmup_steps=0"]))
+    data.ensure_dataset(run, progress=False)
+    mesh = make_mesh(run.train.mesh)
+    return run, mesh, Trainer(run, mesh)
+
+
+def test_real_model_trains_through_trainer_step_and_its_frozen_encoder_stays_bit_identical(teacher, frozen_trainer):
     """The real Instant4D (tiny sizes) and the real data pipeline through Trainer.step, with frozen
     pretrained motion weights (the paper's setting): the motion encoder's variables equal the file's and its
     outputs do not change, while the rest of the model trains (gradients reach the encoder, Φ and the fusion
@@ -200,16 +218,10 @@ def test_real_model_trains_through_trainer_step_and_its_frozen_encoder_stays_bit
     real model with a trainable motion encoder goes through training in tests/test_train_real_multihost.py.)"""
     from jax_instant4d import data
     from jax_instant4d.train.setup import LOSS_NAMES
-    from jax_instant4d.train.sharding import make_mesh, to_global
-    from jax_instant4d.train.step import Trainer
+    from jax_instant4d.train.sharding import to_global
 
-    encoder, _, path = teacher
-    run = motion_weights.prepare(apply_overrides(cfg, [f"model.motion.weights={path}", "model.motion.freeze=true",
-                                                       "train.loss.delta_f=0.001", "train.loss.motion=0.01",
-                                                       "train.loss.ssim=0.25", "train.warmup_steps=0"]))
-    data.ensure_dataset(run, progress=False)
-    mesh = make_mesh(run.train.mesh)
-    trainer = Trainer(run, mesh)
+    encoder, _, _ = teacher
+    run, mesh, trainer = frozen_trainer
     state = trainer.init()
     assert "motion_encoder" in state.frozen and "motion_encoder" not in state.params
     want = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
@@ -246,7 +258,7 @@ def test_real_model_trains_through_trainer_step_and_its_frozen_encoder_stays_bit
         assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs), part
 
 
-def test_motion_loss_is_the_code_distance_of_render_and_target_read_by_the_teacher_file(cfg, teacher):
+def test_motion_loss_is_the_code_distance_of_render_and_target_read_by_the_teacher_file(teacher, frozen_trainer):
     """``train.loss.motion``: the term equals the squared distance between the codes' changes from the source
     view to each driven view, render against target (``motion_relative``, the default), or between the codes of
     each driven render and of its teacher frame (``motion_relative=false``), read by a second path (the
@@ -259,15 +271,10 @@ def test_motion_loss_is_the_code_distance_of_render_and_target_read_by_the_teach
     from jax_instant4d import data
     from jax_instant4d.train.forward import forward, loss_terms, motion_code_pair, motion_consistency
     from jax_instant4d.train.loop import check_config
-    from jax_instant4d.train.sharding import make_mesh, to_global
-    from jax_instant4d.train.step import Trainer
+    from jax_instant4d.train.sharding import to_global
 
-    encoder, _, path = teacher
-    run = motion_weights.prepare(apply_overrides(cfg, [f"model.motion.weights={path}", "model.motion.freeze=true",
-                                                       "train.loss.motion=0.5"]))
-    data.ensure_dataset(run, progress=False)
-    mesh = make_mesh(run.train.mesh)
-    trainer = Trainer(run, mesh)
+    encoder, _, _ = teacher
+    run, mesh, trainer = frozen_trainer  # the forward pass below is asked for the codes whatever the weights
     state = trainer.init()
     batch = to_global(next(data.make_pipeline(run, "train", int(run.train.batch_size))), mesh)
     size = int(run.model.image_size)
