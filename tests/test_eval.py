@@ -340,6 +340,10 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
         np.testing.assert_allclose(m["expression_error_undriven"], np.mean(np.concatenate(ex_und)), atol=1e-5)
         np.testing.assert_allclose(m["expression_error_ceiling"], np.mean(np.concatenate(ex_ceil)), atol=1e-5)
         assert m["expression_error_ceiling"] != pytest.approx(m["expression_error_undriven"], abs=1e-4)
+        for suffix in ("", "_undriven", "_ceiling"):  # per parameter: the same errors, split by parameter
+            per = m[f"expression_error{suffix}_per_parameter"]
+            assert len(per) == 14
+            np.testing.assert_allclose(np.mean(list(per.values())), m[f"expression_error{suffix}"], atol=1e-5)
         assert paper.reachable_gap(m) == pytest.approx(
             (m["expression_error_undriven"] - m["expression_error_ceiling"])
             / (m["expression_error_undriven"] - m["expression_error_teacher"]))

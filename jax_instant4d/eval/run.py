@@ -224,7 +224,9 @@ class _Accumulator:
         self.cons_total = 0.0
         self.cons_count = 0.0
         self.coverage: list[np.ndarray] = []
-        self.expr_abs: list[np.ndarray] = []  # [frames, E] |regressor(ours) - truth|
+        # [frames, E] per parameter: |regressor(ours) - truth| under "", of the undriven avatar under "_undriven", of
+        # the undriven avatar against the source's expression under "_ceiling"
+        self.expr_abs: dict[str, list[np.ndarray]] = {}
         self.expression_frames = 0  # one per time step (read at the frontal camera)
         self.frame_ids: list[str] = []
 
@@ -257,8 +259,10 @@ class _Accumulator:
         if self.expr_abs:
             from jax_instant4d.data.record import EXPRESSION_NAMES
 
-            per = np.concatenate(self.expr_abs).mean(0)
-            out["expression_error_per_parameter"] = {n: float(v) for n, v in zip(EXPRESSION_NAMES, per, strict=True)}
+            for suffix, rows in self.expr_abs.items():
+                per = np.concatenate(rows).mean(0)
+                out[f"expression_error{suffix}_per_parameter"] = {n: float(v) for n, v in
+                                                                  zip(EXPRESSION_NAMES, per, strict=True)}
         if self.frames:
             # Per frame, for paired comparisons between runs evaluated on the same frames (sweep collect);
             # "frames" fingerprints which frames these are.
@@ -555,12 +559,14 @@ class _Reenactment:
             self.on_frames(f"{mode}-expression-undriven", ci, np.asarray(und), ref)
         pred = reg.predict(ours)
         a.add("expression_error", expr_lib.expression_error(pred, truth))
-        a.expr_abs.append(np.abs(pred - truth))
+        a.expr_abs.setdefault("", []).append(np.abs(pred - truth))
         pred_und = reg.predict(und)
         a.add("expression_error_undriven", expr_lib.expression_error(pred_und, truth))
+        a.expr_abs.setdefault("_undriven", []).append(np.abs(pred_und - truth))
         if self.clips[ci].source_expression is not None:  # the undriven avatar shows the source's expression
             still = np.repeat(self.clips[ci].source_expression[None], tc, 0)
             a.add("expression_error_ceiling", expr_lib.expression_error(pred_und, still))
+            a.expr_abs.setdefault("_ceiling", []).append(np.abs(pred_und - still))
         a.add("expression_error_teacher", expr_lib.expression_error(reg.predict(ref), truth))
         a.expression_frames += tc
 
