@@ -11,8 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from jax_instant4d.eval.metrics import ssim
-from jax_instant4d.image_metrics import masked_psnr, psnr, resize_to
+from jax_instant4d.image_metrics import masked_psnr, psnr, resize_to, ssim
 from jax_instant4d.perceptual import (
     IDENTITY_DIM,
     IDENTITY_SIZE,
