@@ -10,8 +10,12 @@ ratio (0.8 L1 + 0.2 (1 - SSIM)) against our L1 ×1, fixed before any run and not
 
 On the teacher-data sweep's teacher (512 more identities; the best setting at 2,000 steps). The baseline row
 (``train.loss.ssim=0``) is the teacher-data sweep's run of the same seed: the step without the term compiles
-what it compiled before the term existed. On 2026-12-07 only the ``0.25`` runs were trained here; the seed-0
-baseline is the motion-loss sweep's baseline run (the same settings, made on this machine kind), copied in.
+what it compiled before the term existed. On 2026-12-07 only the ``0.25`` runs were trained (AMD EPYC, AVX2);
+the seed-0 baseline is the motion-loss sweep's baseline run (the same settings, made on this processor kind),
+copied in with ``train.loss.ssim: 0.0`` added to its ``config.json``; seeds 1 and 2 of the baseline are the
+teacher-data sweep's runs (docs/sweep_teacher_data.md), not in this sweep's folder, so collect says "1 of 3".
+Result (docs/sweep_ssim.md, README "Does a structural loss"): full-frame PSNR +0.76 +- 0.57 dB and SSIM
+0.691 -> 0.750 over the seeds, eyes + mouth lower in every seed, the expression gap closed unchanged.
 
     instant4d sweep configs/sweeps/ssim.py launch --parallel 2
     instant4d sweep configs/sweeps/ssim.py collect
