@@ -352,7 +352,7 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
         want_gap = (m["expression_error_undriven"] - m["expression_error"]) / (
             m["expression_error_undriven"] - m["expression_error_teacher"])
         assert gap == pytest.approx(want_gap)
-    assert result["expression_resolution"] == settings.resolution
+    assert result["expression_resolution"] == result["expression_render_resolution"] == settings.resolution
     assert result["motion_weights"] == {"weights": "", "sha256": "", "freeze": False}
 
     # Self-reenactment baselines and eye + mouth PSNR, recomputed from the raw records: the region masks
@@ -416,6 +416,41 @@ def test_evaluate_on_the_real_tiny_checkpoint(real_run, tmp_path):
     assert "arXiv:2512.16893" in md
     row = next(line for line in md.splitlines() if line.startswith("| **this run**"))
     assert row.count("—") >= 3  # ID (no weights), EMO and APD (not measured)
+
+
+def test_expression_render_res_reads_the_avatar_drawn_smaller(real_run):
+    """--expression-render-res R: ours and ours undriven are drawn at R^2 at the frontal camera and the regressor
+    reads them resized; the errors are the regressor's on exactly those frames; the reference stays at the
+    regressor's resolution; the JSON, the notes and the markdown say so. R < 1 is an error."""
+    from jax_instant4d.data.pipeline import dataset_path
+
+    workdir, cfg = real_run
+    settings = tiny_regressor(cfg)
+    small = settings.resolution // 2
+    with pytest.raises(ValueError, match="--expression-render-res must be >= 1"):
+        run_lib.evaluate(workdir, "heldout", write=False, regressor=settings, expression_render_res=0)
+    seen = []
+    r = run_lib.evaluate(workdir, "heldout", write=False, regressor=settings, consistency=False, timing_repeats=1,
+                         expression_render_res=small,
+                         on_frames=lambda task, ci, ours, ref: seen.append((task, ci, ours, ref)))
+    assert r["expression_resolution"] == settings.resolution and r["expression_render_resolution"] == small
+    reg = expression.ensure_regressor(cfg.data.data_dir, settings)
+    clips = read_clips(dataset_path(cfg), "test", int(cfg.data.resolution))
+    t = int(cfg.data.time_steps)
+    errors = {}
+    for task, ci, ours, ref in seen:
+        if "-expression" not in task:
+            continue
+        assert ours.shape == (t, small, small, 3)
+        assert ref.shape == (t, settings.resolution, settings.resolution, 3)
+        driver = clips[1 - ci] if task.startswith("cross") else clips[ci]
+        errors.setdefault(task, []).append(np.abs(reg.predict(ours) - driver.expression[:t]).mean(-1))
+    for task in ("self", "cross"):
+        for suffix, key in (("", "expression_error"), ("-undriven", "expression_error_undriven")):
+            np.testing.assert_allclose(r[task][key], np.mean(np.concatenate(errors[f"{task}-expression{suffix}"])),
+                                       atol=1e-5)
+    assert any(f"rendered at {small}x{small}" in n for n in r["notes"])
+    assert f"ours undriven rendered at {small}² and resized" in paper.markdown_report(r)
 
 
 def test_evaluate_without_ground_truth_reports_reference_free_metrics_only(real_run, monkeypatch):
@@ -506,15 +541,16 @@ def test_eval_cli_regressor_flags_reach_the_settings(real_run, monkeypatch):
     from jax_instant4d.eval import run as run_mod
 
     workdir, cfg = real_run
-    seen = []
+    seen, render_res = [], []
 
     def capture(checkpoint, split, *, regressor=None, **kwargs):
         seen.append(regressor)
+        render_res.append(kwargs.get("expression_render_res"))
         raise ValueError("captured")  # stops run() before it prints a result
 
     monkeypatch.setattr(run_mod, "evaluate", capture)
     assert main(["eval", "--checkpoint", str(workdir), "--regressor-identities", "37", "--regressor-images", "999",
-                 "--regressor-steps", "11", "--regressor-res", "96"]) == 2
+                 "--regressor-steps", "11", "--regressor-res", "96", "--expression-render-res", "48"]) == 2
     assert main(["eval", "--checkpoint", str(workdir)]) == 2
     s = seen[0]
     assert (s.identities, s.train_images, s.steps, s.resolution) == (37, 999, 11, 96)
@@ -524,3 +560,4 @@ def test_eval_cli_regressor_flags_reach_the_settings(real_run, monkeypatch):
                                steps=default.steps, resolution=default.resolution, fov_degrees=default.fov_degrees,
                                camera_radius=default.camera_radius) == default
     assert seen[1] is None  # no flag: evaluate's own default
+    assert render_res == [48, None]

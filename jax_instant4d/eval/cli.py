@@ -3,7 +3,7 @@
     instant4d eval --checkpoint DIR [--split heldout|train] [--step N] [--out FILE] [--markdown FILE]
                    [--max-clips N] [--lpips-weights F] [--identity-weights F] [--no-expression]
                    [--no-consistency] [--regressor-identities N] [--regressor-images N] [--regressor-steps N]
-                   [--regressor-res R] [--config.KEY=V ...]
+                   [--regressor-res R] [--expression-render-res R] [--config.KEY=V ...]
 
 ``--config.*`` overrides apply on top of the checkpoint's saved config (e.g. ``--config.render.backend=xla``,
 ``--config.data.data_dir=DIR`` to read the dataset from elsewhere).
@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regressor-steps", type=int, default=None, help=f"its training steps (default: {where})")
     parser.add_argument("--regressor-res", type=int, default=None, help="the resolution it reads frames at "
                                                                         f"(default: {where})")
+    parser.add_argument("--expression-render-res", type=int, default=None,
+                        help="render the avatar for the expression regressor at R^2 (e.g. its training size) and "
+                             "resize to the regressor's resolution; default: render at the regressor's resolution")
     parser.add_argument("--timing-repeats", type=int, default=20, help="animate calls timed after warm-up")
 
 
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
                           max_clips=args.max_clips, lpips_weights=args.lpips_weights,
                           identity_weights=args.identity_weights, overrides=overrides,
                           expression=not args.no_expression, regressor=settings,
-                          consistency=not args.no_consistency, timing_repeats=args.timing_repeats)
+                          consistency=not args.no_consistency, timing_repeats=args.timing_repeats,
+                          expression_render_res=args.expression_render_res)
     except (CheckpointNotFound, FileNotFoundError, ValueError) as e:
         print(f"instant4d eval: error: {e}", file=sys.stderr)
         return 2

@@ -191,8 +191,11 @@ def markdown_report(result: dict) -> str:
                      f"{_fmt(reachable_gap(m), 2)} | {_fmt(m.get('consistency'))} | "
                      f"{_fmt(m.get('consistency_coverage'), 3)} |")
     if result.get("expression_resolution"):
-        lines += ["", f"Expression errors are read at {result['expression_resolution']}² at the frontal camera, one "
-                      "frame per time step (ours and ours undriven rendered there; the reference rendered there from "
+        er = result["expression_resolution"]
+        rr = result.get("expression_render_resolution") or er
+        drawn = "rendered there" if rr == er else f"rendered at {rr}² and resized"
+        lines += ["", f"Expression errors are read at {er}² at the frontal camera, one "
+                      f"frame per time step (ours and ours undriven {drawn}; the reference rendered there from "
                       "the ground-truth parameters). Gap closed: "
                       "(undriven − ours) / (undriven − reference), 1 = as expressive as the reference, 0 = the "
                       "driving frame changes nothing the regressor reads. Ceiling: the undriven avatar read against "

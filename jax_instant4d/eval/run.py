@@ -298,13 +298,15 @@ def _timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
 
 
 def _check_arguments(split: str, max_clips: int | None, lpips_weights: str | None,
-                     identity_weights: str | None) -> str:
+                     identity_weights: str | None, expression_render_res: int | None = None) -> str:
     """The dataset split ``split`` names; errors a user can cause, raised before the (slow) model load."""
     from jax_instant4d.data.pipeline import resolve_split
 
     data_split = resolve_split(split)  # ValueError naming the split
     if max_clips is not None and int(max_clips) < 1:
         raise ValueError(f"--max-clips must be >= 1, got {max_clips}")
+    if expression_render_res is not None and int(expression_render_res) < 1:
+        raise ValueError(f"--expression-render-res must be >= 1, got {expression_render_res}")
     for given, what in ((lpips_weights, "lpips"), (identity_weights, "identity")):
         if given and not Path(given).expanduser().is_file():
             raise FileNotFoundError(f"{what} weights file not found: {given}")
@@ -392,6 +394,9 @@ class _Scorers:
     consistency_degrees: float | None  # the partner view's orbit towards the front; None: no consistency score
     regressor: expr_lib.Regressor | None  # the expression regressor; None: no expression error
     expression_resolution: int | None  # the regressor's input resolution
+    # the avatar's renders for the regressor (ours, undriven): rendered at this size at the frontal camera, then
+    # resized to expression_resolution by the regressor (area down, bilinear up); the reference stays there
+    expression_render_resolution: int | None
     expression_camera: render.Camera | None  # where the regressor reads expressions: the frontal camera
 
 
@@ -538,9 +543,9 @@ class _Reenactment:
     def expressions(self, mode: str, ci: int, di: int, tc: int, avatar: Avatar) -> None:
         """Expression errors of clip ``ci`` driven by clip ``di``, one frame per time step, read where the
         regressor reads expressions: at its resolution and at the frontal camera (yaw = pitch = 0). Ours and
-        the same avatar undriven (z_drv = z_src) are rendered there, and so is the reference, from the
-        ground-truth parameters (the source identity performing the driving expression: what the teacher
-        shows)."""
+        the same avatar undriven (z_drv = z_src) are rendered there (or at ``expression_render_resolution``,
+        the same camera, and resized by the regressor), and so is the reference, from the ground-truth
+        parameters (the source identity performing the driving expression: what the teacher shows)."""
         a, drv, reg, size = self.tasks[mode], self.clips[di], self.scorers.regressor, self.scorers.expression_resolution
         chunk = self.expr_chunk
         times = np.arange(tc)
@@ -548,11 +553,12 @@ class _Reenactment:
         truth = drv.expression[times]
         z = jax.tree.map(lambda x: x[pad][None], self.motion_of(di))  # [1, K, ...]
         z_und = jax.tree.map(lambda s: jnp.broadcast_to(s[:, None], (1, chunk) + s.shape[1:]), avatar.z_src)
-        cam = self.scorers.expression_camera
+        cam, rsize = self.scorers.expression_camera, self.scorers.expression_render_resolution or size
         w2c = jnp.broadcast_to(cam.world_to_cam, (1, chunk, 4, 4))
         intr = jnp.broadcast_to(cam.intrinsics, (1, chunk, 4))
-        ours = jnp.clip(self.runner.animate(avatar, z, w2c, intr, size)[0][0, :tc], 0.0, 1.0)
-        und = jnp.clip(self.runner.animate(avatar, z_und, w2c, intr, size)[0][0, :tc], 0.0, 1.0)
+        rintr = render.scale_intrinsics(intr, size, rsize)
+        ours = jnp.clip(self.runner.animate(avatar, z, w2c, rintr, rsize)[0][0, :tc], 0.0, 1.0)
+        und = jnp.clip(self.runner.animate(avatar, z_und, w2c, rintr, rsize)[0][0, :tc], 0.0, 1.0)
         ref = self.ground_truth(ci, truth, np.asarray(w2c[0, :tc]), np.asarray(intr[0, :tc]), size)
         if self.on_frames is not None:
             self.on_frames(f"{mode}-expression", ci, np.asarray(ours), ref)
@@ -600,7 +606,8 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
              overrides: list[str] | None = None, expression: bool = True,
              regressor: expr_lib.RegressorSettings | None = None, consistency: bool = True,
              consistency_degrees: float = CONSISTENCY_DEGREES, timing_repeats: int = 20, write: bool = True,
-             frames_per_call: int = 8, on_frames: FrameCallback | None = None) -> dict:
+             frames_per_call: int = 8, on_frames: FrameCallback | None = None,
+             expression_render_res: int | None = None) -> dict:
     """Evaluates a checkpoint on a split; returns the result dict (the JSON's content) and, with
     ``write``, writes it to ``out`` (default ``<workdir>/eval_<split>.json``) and the markdown table to
     ``markdown`` (default ``<workdir>/eval_<split>.md``). See the module docstring for the protocol;
@@ -612,10 +619,13 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
     every batch of frames (``[K, R, R, 3]`` in [0, 1]; reference None where there is none); frames are
     rendered ``frames_per_call`` at a time (memory: every target animates its own Gaussians). The frames
     expressions are read from come as tasks ``"self-expression"`` / ``"cross-expression"`` (ours) and
-    ``"...-expression-undriven"``, with their reference."""
+    ``"...-expression-undriven"``, with their reference. ``expression_render_res``: render ours and ours
+    undriven for the expression regressor at this size (the same frontal camera) and let the regressor resize
+    them to its resolution (e.g. the avatar's training size, to read what it was trained to draw); default: at
+    the regressor's resolution. The reference is rendered at the regressor's resolution either way."""
     from jax_instant4d.data.pipeline import ensure_dataset
 
-    data_split = _check_arguments(split, max_clips, lpips_weights, identity_weights)
+    data_split = _check_arguments(split, max_clips, lpips_weights, identity_weights, expression_render_res)
     trained, runner = _load(checkpoint, step, overrides)
     cfg = trained.cfg
     notes: list[str] = []
@@ -633,8 +643,13 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
     notes += _protocol_notes(consistency_degrees if consistency else None, synthetic)
 
     size = int(cfg.model.image_size)
+    expr_render = None if reg is None else int(expression_render_res or expr_res)
+    if expr_render is not None and expr_render != expr_res:
+        notes.append(f"expression render: ours and ours undriven rendered at {expr_render}x{expr_render} (the same "
+                     f"frontal camera) and resized to the regressor's {expr_res}x{expr_res} "
+                     f"(image_metrics.resize_to); the reference rendered at {expr_res}x{expr_res}")
     scorers = _Scorers(lpips_params, id_params, consistency_degrees if consistency else None, reg, expr_res,
-                       None if reg is None else _frontal_camera(cfg, expr_res))
+                       expr_render, None if reg is None else _frontal_camera(cfg, expr_res))
     reenact = _Reenactment(runner, clips, scorers, size=size, res=res, backend=backend, group=group,
                            on_frames=on_frames)
     if all(p is None for p in reenact.partners):
@@ -669,6 +684,7 @@ def evaluate(checkpoint: str | Path, split: str = "heldout", *, step: int | None
         "timing_device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
         "expression_regressor": None if reg is None else {k: v for k, v in reg.info.items()},
         "expression_resolution": expr_res,
+        "expression_render_resolution": expr_render,
         "motion_weights": {"weights": str(cfg.model.motion.weights), "sha256": str(cfg.model.motion.weights_sha256),
                            "freeze": bool(cfg.model.motion.freeze)},
         "consistency_degrees": float(consistency_degrees) if consistency else None,
