@@ -20,6 +20,10 @@ adversary are the teacher-data sweep's (docs/sweep_teacher_data.md): the discrim
 random stream (``seed + 1``) and the generator's step does not read it before ``adversarial_start``, so those
 runs are these runs' first 1,000 steps and, from there, the baseline without the adversary.
 
+One more run, seed 0 only: the same with an R1 penalty on the discriminator (``train.disc.r1`` 0.2, StyleGAN2-ADA's
+rule of thumb 0.0002 * resolution^2 / batch = 0.0002 * 64^2 / 4), after the three runs without it had lost ~3 dB
+(README, "Does the paper's adversary").
+
     instant4d sweep configs/sweeps/adversary.py launch --parallel 2
     instant4d sweep configs/sweeps/adversary.py collect
 
@@ -45,5 +49,7 @@ def get_sweep():
                   "train.disc.channels": 16, "train.disc.max_channels": 128},
         "grid": {"train.loss.adversarial_start": [1000]},
         **seeded(SEEDS),
+        "runs": [{"name": "adversarial_start-1000__r1-0.2__seed-0", "train.loss.adversarial_start": 1000,
+                  "train.disc.r1": 0.2, "seed": 0, "train.seed": 0, "data.shuffle_seed": 0}],
         "split": "heldout",
     }
