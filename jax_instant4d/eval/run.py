@@ -395,7 +395,7 @@ class _Scorers:
     regressor: expr_lib.Regressor | None  # the expression regressor; None: no expression error
     expression_resolution: int | None  # the regressor's input resolution
     # the avatar's renders for the regressor (ours, undriven): rendered at this size at the frontal camera, then
-    # resized to expression_resolution by the regressor (area down, bilinear up); the reference stays there
+    # resized to expression_resolution by the regressor (image_metrics.resize_to); the reference stays there
     expression_render_resolution: int | None
     expression_camera: render.Camera | None  # where the regressor reads expressions: the frontal camera
 
