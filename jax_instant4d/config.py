@@ -180,6 +180,10 @@ def _train_defaults() -> ConfigDict:
         "grad_clip_norm": 1.0,  # global-norm clipping (0 = off)
         "ema_decay": 0.0,  # EMA of params for evaluation (0 = off)
         "frozen": (),  # regexes on parameter paths ("motion/.*") that get no updates
+        # ((regex, multiplier), ...) on trainable parameter paths ("^fusion/"): that parameter's updates (Adam's
+        # step, weight decay included) times the multiplier; the first matching rule wins; a regex that matches
+        # no trainable parameter is an error
+        "lr_multipliers": (),
         # Render resolution ramp: ((from_step, resolution), ...); () renders at model.image_size throughout.
         "resolution_schedule": (),
         "loss": ConfigDict({

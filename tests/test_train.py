@@ -15,10 +15,11 @@ import pytest
 from fakes import FakeInstant4D, global_batch, make_fake_data_factory, tiny_config
 from jax.sharding import PartitionSpec as P
 
+from jax_instant4d.config import ConfigError
 from jax_instant4d.train import losses as L
 from jax_instant4d.train.loop import NonFiniteError, restore_state, train
 from jax_instant4d.train.sharding import ShardingError, make_mesh, param_spec, to_global
-from jax_instant4d.train.state import learning_rate_schedule
+from jax_instant4d.train.state import learning_rate_schedule, lr_multiplier_rules
 from jax_instant4d.train.step import Trainer, resolution_at, share_over_views
 
 # --------------------------------------------------------------------------------------------------
@@ -226,6 +227,51 @@ def test_frozen_params_ema_and_adversarial_switch(trainers):
     # EMA with decay 0.5: ema_2 = 0.25 p0 + 0.25 p1 + 0.5 p2
     np.testing.assert_allclose(after2.ema["head"]["kernel"], 0.25 * k0 + 0.25 * k1 + 0.5 * k2, rtol=1e-5,
                                atol=1e-7)
+
+
+def test_lr_multipliers_scale_the_matched_parameters_updates_in_the_real_step(trainers, tmp_path):
+    """One step from the same state with and without ``train.lr_multipliers`` ((^head/, 3)): the head's update
+    is 3x the plain step's, every other parameter's update is the plain step's bit for bit."""
+    _, one, _ = trainers
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    cfg = _cfg(tmp_path, (1, 1, 1))
+    cfg.train.lr_multipliers = ((r"^head/", 3.0),)
+    scaled = Trainer(cfg, mesh, FakeInstant4D)
+    # both initialised on the one device: the same params (the scaled optimiser's state has one more, empty, part)
+    start_plain, start = one.init(), scaled.init()
+    p0 = _host(start_plain.params)
+    for a, b in zip(jax.tree.leaves(_host(start.params)), jax.tree.leaves(p0), strict=True):
+        np.testing.assert_array_equal(a, b)
+    batch = global_batch(0, 8)
+    plain, _ = one.step(start_plain, to_global(batch, one.mesh), 16)
+    tripled, _ = scaled.step(start, to_global(batch, scaled.mesh), 16)
+    p1, p3 = (_host(s.params) for s in (plain, tripled))
+    flat0 = jax.tree_util.tree_flatten_with_path(p0)[0]
+    names = ["/".join(str(k.key) for k in path) for path, _ in flat0]
+    assert any(n.startswith("head/") for n in names) and any(not n.startswith("head/") for n in names)
+    for name, a, b, c in zip(names, jax.tree.leaves(p0), jax.tree.leaves(p1), jax.tree.leaves(p3), strict=True):
+        d1, d3 = b - a, c - a
+        assert np.abs(d1).max() > 0, name  # the plain step moved it: the comparison can fail
+        if name.startswith("head/"):
+            np.testing.assert_allclose(d3, 3.0 * d1, rtol=1e-4, atol=1e-7, err_msg=name)
+        else:
+            np.testing.assert_array_equal(c, b, err_msg=name)
+
+
+def test_lr_multipliers_reject_bad_rules_and_rules_that_match_nothing(tmp_path):
+    (pattern, mult), = lr_multiplier_rules([["^fusion/", "2"]])  # lists from a config.json, a number as text
+    assert pattern.pattern == "^fusion/" and mult == 2.0
+    for bad, words in [((("^a", 0.0),), "positive"), ((("^a", float("inf")),), "positive"),
+                       ((("^a",),), "pair"), ((("(", 2.0),), "not a regex"), ((("^a", "x"),), "number")]:
+        with pytest.raises(ConfigError, match=words):
+            lr_multiplier_rules(bad)
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    # a typo, and a frozen module (train.frozen: motion_encoder): both would silently do nothing
+    for rule in ("^no_such_module/", "^motion_encoder/"):
+        cfg = _cfg(tmp_path, (1, 1, 1))
+        cfg.train.lr_multipliers = ((rule, 2.0),)
+        with pytest.raises(ConfigError, match=re.escape(repr(rule)) + " matches no trainable parameter"):
+            Trainer(cfg, mesh, FakeInstant4D)
 
 
 def test_nonfinite_batch_is_skipped(trainers):

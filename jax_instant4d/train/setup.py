@@ -15,14 +15,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
+from jaxtyping import PyTree
 
-from jax_instant4d.config import ConfigDict
+from jax_instant4d.config import ConfigDict, ConfigError
 from jax_instant4d.model.split import ModelDef
 from jax_instant4d.train import losses as L
 from jax_instant4d.train import motion_weights
 from jax_instant4d.train.discriminator import Discriminator
 from jax_instant4d.train.sharding import like_params_shardings, param_shardings, replicated
-from jax_instant4d.train.state import TrainState, make_disc_optimizer, make_optimizer
+from jax_instant4d.train.state import TrainState, lr_multiplier_rules, make_disc_optimizer, make_optimizer
+from jax_instant4d.tree_paths import path_str
 
 ModelFactory = Callable[..., nnx.Module]
 logger = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class TrainSetup:
         self.mdef = ModelDef(abstract_model, frozen)
         self.ddef = ModelDef(abstract_disc)
         self.tx, self.schedule = make_optimizer(tcfg)
+        _check_lr_multipliers(tcfg.lr_multipliers, self.mdef.abstract()[0])
         self.dtx = make_disc_optimizer(tcfg)
         w = tcfg.loss
         self.adversarial = w.adversarial > 0 and w.adversarial_start >= 0
@@ -167,3 +170,13 @@ class TrainSetup:
     def adversarial_at(self, step: int) -> bool:
         """Whether the adversarial loss (and the discriminator's update) is on at ``step``."""
         return bool(self.adversarial and step >= self.cfg.train.loss.adversarial_start)
+
+
+def _check_lr_multipliers(rules, params: PyTree) -> None:
+    """Every ``train.lr_multipliers`` regex must match a trainable parameter: one that matches none (a typo,
+    or a module that is frozen or absent in this model) would silently do nothing."""
+    names = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for pattern, _ in lr_multiplier_rules(rules):
+        if not any(pattern.search(n) for n in names):
+            raise ConfigError(f"train.lr_multipliers: {pattern.pattern!r} matches no trainable parameter "
+                              f"(frozen ones get no updates); trainable paths look like {names[:3]}")

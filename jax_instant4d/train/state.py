@@ -10,16 +10,21 @@ Checkpoints hold the pure dicts.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import flax
+import jax
 import optax
 from jaxtyping import Array, Int, PyTree
 
-from jax_instant4d.config import ConfigDict
+from jax_instant4d.config import ConfigDict, ConfigError
 from jax_instant4d.model.split import ModelDef
+from jax_instant4d.tree_paths import path_str
 
-__all__ = ["ModelDef", "TrainState", "learning_rate_schedule", "make_disc_optimizer", "make_optimizer"]
+__all__ = ["ModelDef", "TrainState", "learning_rate_schedule", "lr_multiplier_rules", "make_disc_optimizer",
+           "make_optimizer", "scale_by_path"]
 
 
 @flax.struct.dataclass
@@ -61,8 +66,54 @@ def learning_rate_schedule(lr: float, warmup_steps: int, total_steps: int, kind:
                                 [warmup_steps])
 
 
+def lr_multiplier_rules(rules: Sequence) -> tuple[tuple[re.Pattern, float], ...]:
+    """``train.lr_multipliers`` checked and compiled: ``((regex, multiplier), ...)`` over parameter paths
+    (``"fusion/net/layers/0/kernel"``, the spelling of ``train.frozen``); a clear error otherwise."""
+    out = []
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str):
+            raise ConfigError(f"train.lr_multipliers[{i}] must be a (regex, multiplier) pair, got {rule!r}")
+        pattern, mult = rule
+        try:
+            mult = float(mult)
+        except (TypeError, ValueError):
+            raise ConfigError(f"train.lr_multipliers[{i}]: multiplier of {pattern!r} must be a number, "
+                              f"got {mult!r}") from None
+        if not mult > 0 or mult == float("inf"):
+            raise ConfigError(f"train.lr_multipliers[{i}]: multiplier of {pattern!r} must be positive and "
+                              f"finite, got {mult!r}")
+        try:
+            out.append((re.compile(pattern), mult))
+        except re.error as e:
+            raise ConfigError(f"train.lr_multipliers[{i}]: {pattern!r} is not a regex ({e})") from None
+    return tuple(out)
+
+
+def path_multiplier(name: str, rules: Sequence[tuple[re.Pattern, float]]) -> float:
+    """The multiplier of the first rule whose regex matches ``name`` (``re.search``), else 1."""
+    for pattern, mult in rules:
+        if pattern.search(name):
+            return mult
+    return 1.0
+
+
+def scale_by_path(rules: Sequence[tuple[re.Pattern, float]]) -> optax.GradientTransformation:
+    """Multiplies each parameter's update by :func:`path_multiplier` of its path: placed after Adam, a
+    per-parameter learning-rate multiplier (stateless; the multipliers are fixed when the step is traced)."""
+
+    def update(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda path, u: u if (m := path_multiplier(path_str(path), rules)) == 1.0 else u * m, updates)
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(tcfg: ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The generator's optimiser: global-norm clipping, then Adam (AdamW with ``weight_decay``)."""
+    """The generator's optimiser: global-norm clipping, then Adam (AdamW with ``weight_decay``), then the
+    per-path learning-rate multipliers of ``train.lr_multipliers`` (only when there are any, so that the
+    optimiser state of a run without them keeps its layout)."""
     schedule = learning_rate_schedule(tcfg.learning_rate, tcfg.warmup_steps, tcfg.steps, tcfg.lr_schedule,
                                       tcfg.min_lr_ratio)
     parts = []
@@ -72,6 +123,9 @@ def make_optimizer(tcfg: ConfigDict) -> tuple[optax.GradientTransformation, opta
         parts.append(optax.adamw(schedule, b1=tcfg.b1, b2=tcfg.b2, weight_decay=tcfg.weight_decay))
     else:
         parts.append(optax.adam(schedule, b1=tcfg.b1, b2=tcfg.b2))
+    rules = lr_multiplier_rules(tcfg.lr_multipliers)
+    if rules:
+        parts.append(scale_by_path(rules))
     return optax.chain(*parts), schedule
 
 
