@@ -105,6 +105,11 @@ def _motion_defaults() -> ConfigDict:
         "weights": "",
         "freeze": False,
         "weights_sha256": "",  # filled in at the start of training; a file with another hash is refused
+        # Diagnostic, not the paper: true = the motion code is the frame's ground-truth expression parameters (synthetic
+        # data only), each mapped to [0, 1], centred and x4, embedded by a fixed orthonormal map into the code's
+        # space plus the encoder's token positions: what a perfect teacher encoder would give, with no noise and no
+        # identity in it. Training and evaluation on synthetic_heads only; reading motion from frames is an error.
+        "oracle": False,
         "token_dim": 16,  # the code is code_dim / token_dim tokens of token_dim (32 x 16)
         "fan_channels": (64, 128, 256),  # FAN stem, ConvBlock width, hourglass width
         "hourglass_depth": 4,

@@ -132,6 +132,10 @@ class PureModel:
         """Driving frame(s) ``[B, R, R, 3]`` -> :class:`~jax_instant4d.model.avatar.Motion`."""
         return nnx.merge(self.graphdef, state).motion(frames)
 
+    def oracle_motion(self, state: nnx.State, y: jax.Array):
+        """``model.motion.oracle``: normalised expression parameters ``[B, E]`` -> their motion."""
+        return nnx.merge(self.graphdef, state).oracle_motion(y)
+
     def animate(self, state: nnx.State, avatar, z, camera, size: int):
         """(rgb, alpha, depth) of ``avatar`` driven by ``z`` at ``camera``, ``size`` x ``size`` pixels."""
         rgb, alpha, depth, _aux = nnx.merge(self.graphdef, state).animate(avatar, z, camera, size, size)

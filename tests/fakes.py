@@ -78,6 +78,7 @@ class FakeInstant4D(nnx.Module):
                               rngs=rngs)
         self.head = nnx.Linear(c, 3, rngs=rngs)
         self.camera = nnx.Linear(3, 3, rngs=rngs)
+        self.motion_oracle = False  # Instant4D's flag (model.motion.oracle); the stand-in always reads frames
 
     def motion(self, frame, *, input_gradient: bool = False) -> Motion:  # trainable: gradients either way
         pooled = jax.image.resize(frame, (frame.shape[0], 4, 4, 3), method="linear", antialias=True)

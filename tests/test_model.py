@@ -5,6 +5,7 @@ fusion."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -479,3 +480,79 @@ def test_torch_instantiation_matches():
     ours = jax.jit(sample_triplanes)(planes, pts)
     theirs = tg.sample_triplanes_torch(planes_t, torch.from_numpy(np.array(pts))).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# model.motion.oracle: the ground-truth expression as the motion code (a diagnostic)
+# --------------------------------------------------------------------------------------------------
+def test_oracle_code_embeds_the_expression_exactly_in_the_encoders_layout():
+    from jax_instant4d.model.motion import ORACLE_GAIN, oracle_basis, oracle_code, sincos_1d
+
+    basis = oracle_basis(512, 14)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(14), atol=1e-5)  # orthonormal columns
+    np.testing.assert_array_equal(basis, oracle_basis(512, 14))  # fixed: a checkpoint's code means one thing
+    y = np.random.default_rng(0).uniform(size=(3, 14)).astype(np.float32)
+    code, tokens = oracle_code(jnp.asarray(y), 512, 16)
+    positions = sincos_1d(16, np.arange(32)).reshape(-1)
+    np.testing.assert_allclose(basis.T @ (np.asarray(code) - positions).T / ORACLE_GAIN + 0.5, y.T, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(tokens).reshape(3, 512), code)
+    with pytest.raises(ValueError, match="code_dim"):
+        oracle_basis(8, 14)
+
+
+def test_oracle_model_is_driven_by_the_batch_expressions_and_refuses_frames():
+    """Training's encode_batch with model.motion.oracle: z_src and z_drv are the oracle codes of the batch's
+    source and driving expressions (the driving frames do not matter), and reading motion from a frame is an
+    error (an oracle avatar driven by an encoder's code would be silently wrong)."""
+    from jax_instant4d.data import record
+    from jax_instant4d.train.forward import encode_batch, normalised_expression
+
+    model = model_for("local", **{"model.motion.oracle": True})
+    assert model.motion_oracle
+    with pytest.raises(ValueError, match="oracle"):
+        model.motion(images(1))
+    rng = np.random.default_rng(3)
+    lo, hi = record.EXPRESSION_RANGES[:, 0], record.EXPRESSION_RANGES[:, 1]
+    expr = (lo + (hi - lo) * rng.uniform(size=(2, 2, 14))).astype(np.float32)
+    src_expr = (lo + (hi - lo) * rng.uniform(size=(2, 14))).astype(np.float32)
+    np.testing.assert_allclose(normalised_expression(jnp.asarray(expr)), record.normalise_expression(expr), atol=1e-6)
+    batch = {"source": images(0), "driving": images(1, b=4).reshape(2, 2, 64, 64, 3), "expression": jnp.asarray(expr),
+             "source_expression": jnp.asarray(src_expr), "time": jnp.asarray([[0, 1], [0, 1]], jnp.int32)}
+    avatar, z_src, z_drv = encode_batch(model, batch, 64)
+    want_src = model.oracle_motion(jnp.asarray(record.normalise_expression(src_expr)))
+    want_drv = model.oracle_motion(jnp.asarray(record.normalise_expression(expr.reshape(4, 14))))
+    np.testing.assert_allclose(z_src.code, want_src.code, atol=1e-6)
+    np.testing.assert_allclose(avatar.z_src.code, want_src.code, atol=1e-6)  # the avatar carries it too
+    np.testing.assert_allclose(z_drv.code, want_drv.code.reshape(2, 2, -1), atol=1e-6)
+    np.testing.assert_allclose(z_drv.tokens, want_drv.tokens.reshape(2, 2, 32, 16), atol=1e-6)
+    other = dict(batch, driving=images(7, b=4).reshape(2, 2, 64, 64, 3))
+    _, _, z_other = encode_batch(model, other, 64)
+    np.testing.assert_array_equal(z_other.code, z_drv.code)
+
+
+def test_oracle_model_in_evaluation_reads_the_clips_expressions():
+    """Evaluation's runner drives an oracle model by each clip's ground-truth expressions (source and driving);
+    a clip without them (not synthetic) is an error that names it."""
+    from jax_instant4d.data import record
+    from jax_instant4d.eval.run import Clip, _Model
+
+    model = model_for("local", **{"model.motion.oracle": True})
+    runner = _Model(model)
+    rng = np.random.default_rng(4)
+    lo, hi = record.EXPRESSION_RANGES[:, 0], record.EXPRESSION_RANGES[:, 1]
+    expr = (lo + (hi - lo) * rng.uniform(size=(3, 14))).astype(np.float32)
+    src_expr = (lo + (hi - lo) * rng.uniform(size=14)).astype(np.float32)
+    frames = np.asarray(images(2, b=3))
+    clip = Clip("id_1/clip_0", 1, np.asarray(images(0, b=1))[0], frames, frames, np.tile(np.eye(4), (3, 1, 1)),
+                np.zeros((3, 4), np.float32), 3, 1, expr, np.zeros(4, np.float32), src_expr)
+    z = runner.driving_motion(clip, 64)
+    np.testing.assert_allclose(z.code, model.oracle_motion(jnp.asarray(record.normalise_expression(expr))).code,
+                               atol=1e-6)
+    avatar = runner.source_avatar(clip, 64)
+    np.testing.assert_allclose(avatar.z_src.code, model.oracle_motion(
+        jnp.asarray(record.normalise_expression(src_expr[None]))).code, atol=1e-6)
+    real = dataclasses.replace(clip, expression=None, source_expression=None)
+    with pytest.raises(ValueError, match="id_1/clip_0.*model.motion.oracle"):
+        runner.driving_motion(real, 64)
+    with pytest.raises(ValueError, match="id_1/clip_0"):
+        runner.source_avatar(real, 64)

@@ -47,6 +47,7 @@ from jaxtyping import Array, Float, Int
 
 from jax_instant4d import perceptual, render
 from jax_instant4d.config import ConfigDict
+from jax_instant4d.data import record
 from jax_instant4d.eval import consistency as cons
 from jax_instant4d.eval import expression as expr_lib
 from jax_instant4d.eval import groundtruth, metrics
@@ -160,8 +161,10 @@ class _Model:
         from jax_instant4d.inference import pure_model
 
         pure, self.state = pure_model(model)
+        self.oracle = bool(model.motion_oracle)
         self._encode = jax.jit(pure.encode)
         self._motion = jax.jit(pure.motion)
+        self._oracle_motion = jax.jit(pure.oracle_motion)
         self._animate = jax.jit(lambda st, avatar, z, w2c, intr, size: pure.animate(
             st, avatar, z, render.Camera(w2c, intr), size), static_argnums=5)
 
@@ -171,8 +174,33 @@ class _Model:
     def motion(self, frames):
         return self._motion(self.state, frames)
 
+    def source_avatar(self, clip: Clip, size: int) -> Avatar:
+        """Clip ``clip``'s avatar; with ``model.motion.oracle`` its z_src is the source expression's code."""
+        avatar = self.encode(_resize(clip.source[None], size))
+        if self.oracle:
+            y = record.normalise_expression(_oracle_expression(clip, "source_expression")[None])
+            avatar = avatar._replace(z_src=self._oracle_motion(self.state, jnp.asarray(y)))
+        return avatar
+
+    def driving_motion(self, clip: Clip, size: int) -> Motion:
+        """The motion of clip ``clip``'s driving frames (with ``model.motion.oracle``: of their expressions)."""
+        if self.oracle:
+            y = record.normalise_expression(_oracle_expression(clip, "expression"))
+            return self._oracle_motion(self.state, jnp.asarray(y))
+        return self.motion(_resize(clip.driving, size))
+
     def animate(self, avatar, z, w2c, intr, size: int):
         return self._animate(self.state, avatar, z, w2c, intr, int(size))
+
+
+def _oracle_expression(clip: Clip, field: str) -> np.ndarray:
+    """The ground-truth expression an oracle model (``model.motion.oracle``) is driven by; an error naming the clip
+    where there is none (data that is not synthetic_heads)."""
+    value = getattr(clip, field)
+    if value is None:
+        raise ValueError(f"clip {clip.clip_id}: the model was trained with model.motion.oracle=True and needs the "
+                         f"ground-truth {field.replace('_', ' ')}, which only synthetic_heads clips have")
+    return np.asarray(value, np.float32)
 
 
 _LOADED: dict = {}  # the last checkpoint loaded (its compiled functions are reused by the next evaluation)
@@ -436,7 +464,7 @@ class _Reenactment:
         at a time (memory: every target animates its own Gaussians)."""
         t_start = time.perf_counter()
         for ci, clip in enumerate(self.clips):
-            avatar = self.runner.encode(_resize(clip.source[None], self.size))
+            avatar = self.runner.source_avatar(clip, self.size)
             modes = [("self", ci)] + ([("cross", self.partners[ci])] if self.partners[ci] is not None else [])
             for mode, di in modes:
                 tc = min(clip.num_times, self.clips[di].num_times)
@@ -452,7 +480,7 @@ class _Reenactment:
     def motion_of(self, k: int) -> Motion:
         """The motion codes of clip ``k``'s driving frames."""
         if k not in self._motions:
-            self._motions[k] = self.runner.motion(_resize(self.clips[k].driving, self.size))
+            self._motions[k] = self.runner.driving_motion(self.clips[k], self.size)
         return self._motions[k]
 
     def ground_truth(self, ci: int, expressions: Float[np.ndarray, "K E"], w2c: Float[np.ndarray, "K 4 4"],
@@ -581,8 +609,8 @@ def _speed(runner: _Model, clip: Clip, size: int, res: int, repeats: int) -> tup
     """Seconds per animate call and per encode call: batch 1 at ``size``, jitted, after warm-up, on the
     default device (clip ``clip``'s source, first driving frame and first target camera)."""
     src = _resize(clip.source[None], size)
-    avatar = runner.encode(src)
-    z1 = jax.tree.map(lambda x: x[:1], runner.motion(_resize(clip.driving[:1], size)))
+    avatar = runner.source_avatar(clip, size)
+    z1 = jax.tree.map(lambda x: x[:1], runner.driving_motion(clip, size))
     w2c1 = jnp.asarray(clip.target_w2c[:1])
     intr1 = jnp.asarray(render.scale_intrinsics(clip.target_intrinsics[:1], res, size))
     anim_s = _timed(lambda: runner.animate(avatar, z1, w2c1, intr1, size), max(1, repeats))

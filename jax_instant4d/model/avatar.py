@@ -44,7 +44,7 @@ from jax_instant4d.model.instantiate import (
     instantiate_rays,
     num_gaussians,
 )
-from jax_instant4d.model.motion import MotionEncoder, face_crop
+from jax_instant4d.model.motion import MotionEncoder, face_crop, oracle_code
 
 __all__ = ["Avatar", "Gaussians", "Instant4D", "Motion"]
 
@@ -105,6 +105,8 @@ class Instant4D(nnx.Module):
         self.density_threshold = float(mc.density_threshold)
         self.rays = ml_collections.FrozenConfigDict(mc.rays)
         self.crop_size = int(mc.motion.crop_size)
+        self.motion_oracle = bool(mc.motion.get("oracle", False))
+        self.code_dim, self.token_dim = int(mc.motion.code_dim), int(mc.motion.token_dim)
         self.fov_degrees = float(rc.fov_degrees)
         self.camera_radius = float(rc.camera_radius)
         self.render_options = dict(backend=str(rc.backend), tile_capacity=int(rc.tile_capacity), near=float(rc.near),
@@ -122,9 +124,23 @@ class Instant4D(nnx.Module):
     # ------------------------------------------------------------------------------------------------
     def motion(self, frame: Float[Array, "B R R 3"], *, input_gradient: bool = False) -> Motion:
         """Face crop + motion encoder: a frame in [0, 1] -> its motion (reusable for any camera).
-        ``input_gradient``: a frozen encoder's motion carries a gradient to the frame (never to its weights)."""
+        ``input_gradient``: a frozen encoder's motion carries a gradient to the frame (never to its weights).
+        A model trained with ``model.motion.oracle`` reads its motion from expression parameters
+        (:meth:`oracle_motion`), never from frames: an error."""
+        if self.motion_oracle:
+            raise ValueError("this model was trained with model.motion.oracle=True (the motion code is the frame's "
+                             "ground-truth expression, a diagnostic): it cannot read motion from a frame; give it "
+                             "expression parameters (oracle_motion), on synthetic_heads data")
+        return self._read_motion(frame, input_gradient)
+
+    def _read_motion(self, frame: Float[Array, "B R R 3"], input_gradient: bool = False) -> Motion:
         code, tokens = self.motion_encoder(face_crop(frame, self.crop_size), input_gradient=input_gradient)
         return Motion(code, tokens)
+
+    def oracle_motion(self, y: Float[Array, "B E"]) -> Motion:
+        """``model.motion.oracle``: the motion of a frame whose expression parameters, each mapped to [0, 1]
+        (``data.record.normalise_expression``), are ``y`` (:func:`~jax_instant4d.model.motion.oracle_code`)."""
+        return Motion(*oracle_code(y, self.code_dim, self.token_dim))
 
     def instantiate(self, planes: Float[Array, "B 3 P P C"], key: jax.Array | None = None
                     ) -> tuple[Float[Array, "B N C"], Float[Array, "B N 3"]]:
@@ -155,7 +171,8 @@ class Instant4D(nnx.Module):
         f, m = feats[..., : self.feature_dim], feats[..., self.feature_dim:]
         base = self._decode(f, anchors)
         visible = base.densities >= self.density_threshold
-        return Avatar(planes, f, m, base, visible, self.motion(source), anchors)
+        # with model.motion.oracle the caller replaces z_src by the source's oracle motion
+        return Avatar(planes, f, m, base, visible, self._read_motion(source), anchors)
 
     def _decode(self, f: Float[Array, "*B N F"], anchors: Float[Array, "*B N 3"]) -> Gaussians:
         """Φ(f), positions offset by the anchors."""

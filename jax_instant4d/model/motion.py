@@ -326,6 +326,32 @@ class MotionEncoder(nnx.Module):
         return tokens.reshape(b, self.code_dim), tokens
 
 
+ORACLE_SEED = 20261207  # the fixed embedding of the oracle code (model.motion.oracle)
+ORACLE_GAIN = 4.0  # (y - 0.5) * 4 for y in [0, 1]: each parameter varies by about 1, as the teacher's code does
+
+
+def oracle_basis(code_dim: int, num_parameters: int) -> np.ndarray:
+    """A fixed ``[code_dim, num_parameters]`` matrix with orthonormal columns (seeded QR of a Gaussian matrix)."""
+    if num_parameters > code_dim:
+        raise ValueError(f"the oracle code needs code_dim ({code_dim}) >= the number of parameters ({num_parameters})")
+    g = np.random.default_rng(ORACLE_SEED).standard_normal((code_dim, num_parameters))
+    q, r = np.linalg.qr(g)
+    return (q * np.sign(np.diag(r))).astype(np.float32)
+
+
+def oracle_code(y: Float[Array, "B E"], code_dim: int, token_dim: int
+                ) -> tuple[Float[Array, "B D"], Float[Array, "B T K"]]:
+    """``model.motion.oracle``: normalised expression parameters ``y`` (each in [0, 1]) -> (code, tokens) laid out
+    as :class:`MotionEncoder`'s: ``basis @ ((y - 0.5) * ORACLE_GAIN)`` split into tokens plus the token positions.
+    ``basis.T @ (code - positions) / ORACLE_GAIN + 0.5`` gives ``y`` back exactly (up to rounding)."""
+    b, e = y.shape
+    basis = jnp.asarray(oracle_basis(code_dim, e))
+    latent = ((y.astype(jnp.float32) - 0.5) * ORACLE_GAIN) @ basis.T
+    positions = sincos_1d(token_dim, np.arange(code_dim // token_dim)).astype(np.float32)
+    tokens = latent.reshape(b, -1, token_dim) + jnp.asarray(positions)
+    return tokens.reshape(b, code_dim), tokens
+
+
 def _not_frozen(path, value) -> bool:
     del path
     return not (isinstance(value, nnx.Variable) and value.get_metadata().get("frozen", False))

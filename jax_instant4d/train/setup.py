@@ -46,6 +46,13 @@ class TrainSetup:
             from jax_instant4d.model.avatar import Instant4D
 
             model_factory = Instant4D
+        if cfg.model.motion.oracle:
+            if cfg.data.dataset != "synthetic_heads":
+                raise ConfigError(f"model.motion.oracle needs ground-truth expressions: data.dataset must be "
+                                  f"synthetic_heads, not {cfg.data.dataset!r}")
+            if tcfg.loss.motion > 0:
+                raise ConfigError("model.motion.oracle: train.loss.motion reads renders with the motion encoder, "
+                                  "which an oracle model does not use; set one of them off")
         frozen = list(tcfg.frozen)
         if cfg.model.motion.freeze:
             frozen.append(r"^motion_encoder(/|$)")
