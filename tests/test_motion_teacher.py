@@ -145,6 +145,11 @@ def test_pretraining_settings_are_config_keys_whose_defaults_keep_the_cache_name
     assert (s2.pairs, s2.learning_rate, s2.steps) == (4096, 0.001, settings.steps)
     assert motion_teacher.cache_path(more) != motion_teacher.cache_path(cfg)
     assert motion_teacher.settings_for(more, pairs=16).pairs == 16  # explicit overrides come last
+    # model.motion keys that do not change the pretrained encoder keep the cache name; an architecture key does not
+    for same in ("model.motion.oracle=true", "model.motion.freeze=true", "model.motion.weights=teacher"):
+        assert motion_teacher.cache_path(apply_overrides(cfg, [same])) == motion_teacher.cache_path(cfg), same
+    assert motion_teacher.cache_path(apply_overrides(cfg, ["model.motion.bbox_dim=32"])) != \
+        motion_teacher.cache_path(cfg)
     for bad, said in (("steps=0", "data.motion_teacher.steps=0: must be an integer >= 1"),
                       ("learning_rate=0.0", "data.motion_teacher.learning_rate=0.0: must be a finite number > 0"),
                       ("invariance=-0.5", "data.motion_teacher.invariance=-0.5: must be a finite number >= 0")):

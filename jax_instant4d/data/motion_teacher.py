@@ -95,6 +95,11 @@ class MotionTeacherSettings:
         return f"motion_encoder-{h}"
 
 
+# model.motion keys that do not change the encoder the teacher pretrains: which weights it starts from, whether the
+# avatar trains them, and whether the avatar uses its code at all (the oracle diagnostic)
+NOT_ARCHITECTURE = ("weights", "freeze", "weights_sha256", "oracle")
+
+
 def settings_for(cfg: ConfigDict, **overrides) -> MotionTeacherSettings:
     """The teacher settings of a config whose dataset is ``synthetic_heads``: its pretraining settings are
     ``data.motion_teacher`` (``overrides`` replace them)."""
@@ -102,7 +107,7 @@ def settings_for(cfg: ConfigDict, **overrides) -> MotionTeacherSettings:
         raise ValueError(f"model.motion.weights={TEACHER!r} needs data.dataset='synthetic_heads' (the synthetic "
                          f"teacher), got {cfg.data.dataset!r}; give a weights file instead")
     motion = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.model.motion.to_dict().items()
-              if k not in ("weights", "freeze", "weights_sha256")}
+              if k not in NOT_ARCHITECTURE}
     base = dict(dataset=synthetic.spec_from_config(cfg).name, motion=json.dumps(motion, sort_keys=True),
                 image_size=int(cfg.model.image_size), resolution=int(cfg.data.resolution))
     types = {f.name: f.type for f in fields(MotionTeacherSettings)}

@@ -1,0 +1,42 @@
+"""Is the motion code what limits the expressions? The avatar driven by the ground-truth expression itself.
+
+At 2,000 steps the driven avatar performs jaw opening and the blinks and nothing else, even on its training
+identities, while the teacher's code reads the smile at 0.67x and squint at 0.40x the constant's error held out
+(README, "What the driving frame moves"). Either the code is too noisy a description of the small actions, or the
+avatar does not learn to perform what its code says. ``model.motion.oracle`` separates the two: the motion code is
+the frame's ground-truth expression parameters (normalised, embedded by a fixed orthonormal map into the code's
+space beside the encoder's token positions; jax_instant4d/model/motion.py, ``oracle_code``), what a perfect teacher
+encoder would give, with no noise and no identity in it. If the oracle avatar performs the small actions, the
+teacher's encoder limits ours; if it does not, the avatar (resolution, losses, steps) does.
+
+A diagnostic, not a method: the code comes from the generator's parameters, which no real driving video has.
+Everything else is the teacher-data sweep's setting (the 512-identity teacher stays loaded and frozen, and unused),
+so the runs without the oracle are that sweep's (docs/sweep_teacher_data.md), the baseline as in the adversary,
+structural-loss and fusion learning-rate sweeps. Seeds 0 / 1 / 2, fixed before any run.
+
+    instant4d sweep configs/sweeps/oracle.py launch --parallel 2
+    instant4d sweep configs/sweeps/oracle.py collect
+
+Run from the repository root.
+"""
+
+from pathlib import Path
+
+from jax_instant4d.sweep import config_steps, seeded
+
+BASE = "configs/small.py"
+SEEDS = (0, 1, 2)
+SMALL = Path(__file__).resolve().parents[1] / "small.py"  # the demo: the runs train for its steps
+
+
+def get_sweep():
+    return {
+        "name": "oracle",
+        "config": BASE,
+        "workdir": "workdirs/sweeps/oracle",
+        "fixed": {"train.steps": config_steps(SMALL), "data.motion_teacher.extra_identities": 512,
+                  "data.motion_teacher.pairs": 4096, "data.motion_teacher.steps": 2000},
+        "grid": {"model.motion.oracle": [True]},
+        **seeded(SEEDS),
+        "split": "heldout",
+    }
