@@ -14,6 +14,11 @@ Everything else is the teacher-data sweep's setting (the 512-identity teacher st
 so the runs without the oracle are that sweep's (docs/sweep_teacher_data.md), the baseline as in the adversary,
 structural-loss and fusion learning-rate sweeps. Seeds 0 / 1 / 2, fixed before any run.
 
+Result (README, "Is the motion code the limit?"; docs/sweep_oracle.md): no. With the exact expression as its code
+the avatar performs what it performed with the teacher's (jaw opening, the blinks, gaze y), and not the smile,
+squint or mouth stretch (undriven - ours <= 0.023 on each); eyes + mouth over undriven +1.14 +- 0.07 dB against
++1.02 +- 0.06, gap closed 0.15 +- 0.03 / 0.14 +- 0.03 against 0.12 +- 0.03 / 0.11 +- 0.03.
+
     instant4d sweep configs/sweeps/oracle.py launch --parallel 2
     instant4d sweep configs/sweeps/oracle.py collect
 
