@@ -500,6 +500,14 @@ def test_oracle_code_embeds_the_expression_exactly_in_the_encoders_layout():
         oracle_basis(8, 14)
 
 
+def _expressions(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Expression parameters ``shape + (E,)`` drawn uniformly within each parameter's range."""
+    from jax_instant4d.data import record
+
+    lo, hi = record.EXPRESSION_RANGES[:, 0], record.EXPRESSION_RANGES[:, 1]
+    return (lo + (hi - lo) * rng.uniform(size=shape + (len(lo),))).astype(np.float32)
+
+
 def test_oracle_model_is_driven_by_the_batch_expressions_and_refuses_frames():
     """Training's encode_batch with model.motion.oracle: z_src and z_drv are the oracle codes of the batch's
     source and driving expressions (the driving frames do not matter), and reading motion from a frame is an
@@ -512,9 +520,7 @@ def test_oracle_model_is_driven_by_the_batch_expressions_and_refuses_frames():
     with pytest.raises(ValueError, match="oracle"):
         model.motion(images(1))
     rng = np.random.default_rng(3)
-    lo, hi = record.EXPRESSION_RANGES[:, 0], record.EXPRESSION_RANGES[:, 1]
-    expr = (lo + (hi - lo) * rng.uniform(size=(2, 2, 14))).astype(np.float32)
-    src_expr = (lo + (hi - lo) * rng.uniform(size=(2, 14))).astype(np.float32)
+    expr, src_expr = _expressions(rng, (2, 2)), _expressions(rng, (2,))
     np.testing.assert_allclose(normalised_expression(jnp.asarray(expr)), record.normalise_expression(expr), atol=1e-6)
     batch = {"source": images(0), "driving": images(1, b=4).reshape(2, 2, 64, 64, 3), "expression": jnp.asarray(expr),
              "source_expression": jnp.asarray(src_expr), "time": jnp.asarray([[0, 1], [0, 1]], jnp.int32)}
@@ -539,9 +545,7 @@ def test_oracle_model_in_evaluation_reads_the_clips_expressions():
     model = model_for("local", **{"model.motion.oracle": True})
     runner = _Model(model)
     rng = np.random.default_rng(4)
-    lo, hi = record.EXPRESSION_RANGES[:, 0], record.EXPRESSION_RANGES[:, 1]
-    expr = (lo + (hi - lo) * rng.uniform(size=(3, 14))).astype(np.float32)
-    src_expr = (lo + (hi - lo) * rng.uniform(size=14)).astype(np.float32)
+    expr, src_expr = _expressions(rng, (3,)), _expressions(rng, ())
     frames = np.asarray(images(2, b=3))
     clip = Clip("id_1/clip_0", 1, np.asarray(images(0, b=1))[0], frames, frames, np.tile(np.eye(4), (3, 1, 1)),
                 np.zeros((3, 4), np.float32), 3, 1, expr, np.zeros(4, np.float32), src_expr)

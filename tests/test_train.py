@@ -21,6 +21,7 @@ from jax_instant4d.train.loop import NonFiniteError, restore_state, train
 from jax_instant4d.train.sharding import ShardingError, make_mesh, param_spec, to_global
 from jax_instant4d.train.state import learning_rate_schedule, lr_multiplier_rules
 from jax_instant4d.train.step import Trainer, resolution_at, share_over_views
+from jax_instant4d.tree_paths import path_str
 
 # --------------------------------------------------------------------------------------------------
 # losses
@@ -247,7 +248,7 @@ def test_lr_multipliers_scale_the_matched_parameters_updates_in_the_real_step(tr
     tripled, _ = scaled.step(start, to_global(batch, scaled.mesh), 16)
     p1, p3 = (_host(s.params) for s in (plain, tripled))
     flat0 = jax.tree_util.tree_flatten_with_path(p0)[0]
-    names = ["/".join(str(k.key) for k in path) for path, _ in flat0]
+    names = [path_str(path) for path, _ in flat0]  # the spelling the rules match
     assert any(n.startswith("head/") for n in names) and any(not n.startswith("head/") for n in names)
     for name, a, b, c in zip(names, jax.tree.leaves(p0), jax.tree.leaves(p1), jax.tree.leaves(p3), strict=True):
         d1, d3 = b - a, c - a
