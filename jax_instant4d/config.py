@@ -42,6 +42,10 @@ def _data_defaults() -> ConfigDict:
         "time_steps": 4,  # T
         "views": 2,  # V
         "seed": 0,
+        # synthetic_heads: also store, for every teacher view, the source identity at the source's own expression
+        # at that view's camera ("undriven_images": what the teacher draws when the source drives itself), for
+        # train.loss.expression_change. Part of the dataset's name when true (false keeps the names it had)
+        "undriven_views": False,
         # pipeline
         "targets_per_example": 2,  # K (time, view) targets sampled per example
         "num_workers": 0,  # grain worker processes (0 = decode in this process)
@@ -203,6 +207,11 @@ def _train_defaults() -> ConfigDict:
             "identity_depth": 50,  # 18 | 34 | 50 | 100: IResNet depth of the identity network
             "region": 0.1,  # L1 on eye and mouth regions
             "delta_f": 0.001,  # L2 of the fusion offsets
+            # L1 between the change the driving motion makes to the render and the change it makes to the teacher's
+            # view, at each target camera: (driven - undriven render) vs (teacher view - undriven teacher view), so
+            # that the reconstruction error both renders share cancels and only the expression's change counts (not
+            # the paper's; needs data.undriven_views=true)
+            "expression_change": 0.0,
             # squared distance between the frozen motion encoder's codes of each driven render and of its teacher
             # frame (not the paper's: its expression signal beyond the pixels is the motion-conditioned adversary)
             "motion": 0.0,

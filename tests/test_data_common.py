@@ -45,6 +45,15 @@ def tiny_dataset(image_format: str = "png"):
     return cfg, ensure_dataset(cfg, progress=False)
 
 
+@functools.cache
+def tiny_undriven_dataset():
+    """(cfg, path) of the tiny dataset made with ``data.undriven_views`` (its own name, beside the plain one)."""
+    from jax_instant4d.data import ensure_dataset
+
+    cfg = tiny_cfg(_root() / "data", data__undriven_views=True)
+    return cfg, ensure_dataset(cfg, progress=False)
+
+
 def records_by_clip(path, split: str) -> dict[int, dict]:
     from jax_instant4d.data.pipeline import open_source
 

@@ -178,3 +178,40 @@ def test_generation_is_deterministic_and_seeded():
     # teacher views stay within the EG3D-style range of yaw / pitch
     assert np.all(np.abs(np.degrees(p1.target_angles[..., 0])) <= synthetic.TARGET_YAW)
     assert np.all(np.abs(np.degrees(p1.target_angles[..., 1])) <= synthetic.TARGET_PITCH)
+
+
+def test_undriven_views_are_the_source_at_its_own_expression_at_each_teacher_camera():
+    """``data.undriven_views``: every stored field of every clip is the plain dataset's, and each teacher view
+    has its twin, the source identity at the source's expression at that view's camera (checked against the
+    dense reference rasterizer); the key changes the dataset's name only when true."""
+    from test_data_common import tiny_undriven_dataset
+
+    cfg, path = tiny_dataset()
+    und_cfg, und_path = tiny_undriven_dataset()
+    plain_spec, und_spec = synthetic.spec_from_config(cfg), synthetic.spec_from_config(und_cfg)
+    assert not plain_spec.undriven_views and "-u-" not in plain_spec.name and "-u-" in und_spec.name
+    assert und_path != path and und_spec.name in str(und_path)
+    for split in ("train", "test"):
+        plain, und = records_by_clip(path, split), records_by_clip(und_path, split)
+        assert sorted(plain) == sorted(und)
+        for c, rec in plain.items():
+            assert "undriven_images" not in rec and set(und[c]) == set(rec) | {"undriven_images"}
+            for key, value in rec.items():
+                other = und[c][key]
+                if isinstance(value, np.ndarray) and value.dtype == object:
+                    assert list(value) == list(other), (c, key)
+                else:
+                    np.testing.assert_array_equal(value, other, err_msg=f"{c} {key}")
+    rec = records_by_clip(und_path, "train")[1]
+    res, n = int(rec["resolution"]), int(rec["num_times"]) * int(rec["num_views"])
+    assert len(rec["undriven_images"]) == n
+    ident = np.asarray(rec["identity_params"])
+    rgb, _, _, _ = _direct([ident] * n, [np.asarray(rec["source_expression"])] * n, np.asarray(rec["target_w2c"]),
+                           np.asarray(rec["target_intrinsics"]), res, "dense")
+    for i in range(n):
+        stored = decode_image(rec["undriven_images"][i]).astype(np.float32) / 255.0
+        err = np.abs(stored - rgb[i])
+        assert err.mean() < 0.006 and np.quantile(err, 0.99) < 0.06, (i, err.mean())
+        # and not the driven view: the expression moved pixels there
+        driven = decode_image(rec["target_images"][i]).astype(np.float32) / 255.0
+        assert np.abs(driven - rgb[i]).mean() > 2 * err.mean(), i

@@ -560,3 +560,65 @@ def test_oracle_model_in_evaluation_reads_the_clips_expressions():
         runner.driving_motion(real, 64)
     with pytest.raises(ValueError, match="id_1/clip_0"):
         runner.source_avatar(real, 64)
+
+
+# --------------------------------------------------------------------------------------------------
+# train.loss.expression_change: the render's change against the teacher's, at each target camera
+# --------------------------------------------------------------------------------------------------
+
+
+def _forward_batch(b=2, k=2):
+    """A batch of the pipeline's contract for training's forward pass (64^2 frames, targets at 16^2 cameras)."""
+    cam = render.orbit_camera(jnp.linspace(-0.4, 0.4, b * (1 + k)), jnp.linspace(0.2, -0.1, b * (1 + k)), size=64)
+    w2c, intr = (x.reshape(b, 1 + k, *x.shape[1:]) for x in (cam.world_to_cam, cam.intrinsics))
+    return {"source": images(0, b), "driving": images(1, b * k).reshape(b, k, 64, 64, 3),
+            "target": images(2, b * k).reshape(b, k, 64, 64, 3), "source_w2c": w2c[:, 0],
+            "source_intrinsics": intr[:, 0], "target_w2c": w2c[:, 1:], "target_intrinsics": intr[:, 1:],
+            "target_eyes": jnp.zeros((b, k, 64, 64)), "target_mouth": jnp.zeros((b, k, 64, 64)),
+            "time": jnp.tile(jnp.arange(k, dtype=jnp.int32), (b, 1))}
+
+
+def test_expression_change_loss_compares_the_renders_change_with_the_teachers_at_each_target_camera():
+    """With the batch's undriven teacher views, training's forward pass also renders the avatar with its own
+    motion at each target camera (exactly what rendering it there alone gives) and leaves every other output as
+    it was; the loss is mean |(driven - undriven render) - (teacher view - undriven teacher view)|, 0 when
+    neither the avatar nor the teacher changes, and it trains the fusion module (a nonzero gradient)."""
+    from jax_instant4d.train.forward import expression_change, forward, loss_terms, resize_square
+
+    model = model_for("local", **{"model.fusion_init": 1.0})  # δf at full size: the driving motion shows
+    batch = _forward_batch()
+    plain = forward(model, batch, W, 64, None)
+    with_und = dict(batch, undriven=images(3, 4).reshape(2, 2, 64, 64, 3))
+    out = forward(model, with_und, W, 64, None)
+    for a, b in ((out.rgb, plain.rgb), (out.target, plain.target), (out.delta_f, plain.delta_f)):
+        np.testing.assert_array_equal(a, b)
+    assert plain.undriven is None and int(out.overflow) == int(plain.overflow)
+    # an independent path: the avatar animated with its own motion, rendered at the target cameras on its own
+    avatar = model.encode(batch["source"])
+    z_own = jax.tree.map(lambda s: jnp.repeat(s[:, None], 2, axis=1), avatar.z_src)
+    cam = render.Camera(batch["target_w2c"], render.scale_intrinsics(batch["target_intrinsics"], 64, W))
+    want_rgb = model.animate(avatar, z_own, cam, W, W)[0]
+    np.testing.assert_allclose(out.undriven[0], want_rgb, atol=2e-6)
+    # the driving motion changes the render, by far more than the tolerance above
+    assert float(jnp.abs(out.undriven[0] - out.rgb[:, 1:]).max()) > 1e-4
+    teacher = resize_square(with_und["undriven"].reshape(4, 64, 64, 3), W).reshape(2, 2, W, W, 3)
+    np.testing.assert_array_equal(out.undriven[1], teacher)
+    rgb, tgt, ur, ut = (np.asarray(x, np.float64) for x in (out.rgb[:, 1:], out.target[:, 1:], *out.undriven))
+    want = np.mean(np.abs((rgb - ur) - (tgt - ut)))
+    terms = loss_terms(out, with_und, {})
+    np.testing.assert_allclose(terms["expression_change"], want, rtol=1e-5)
+    assert float(loss_terms(plain, batch, {})["expression_change"]) == 0.0  # off without undriven views
+    # what cancels: renders whose change is the teacher's give 0, whatever each render's own error
+    same = out._replace(target=out.target.at[:, 1:].set(out.rgb[:, 1:] + 0.3),
+                        undriven=(out.undriven[0], out.undriven[0] + 0.3))
+    assert float(expression_change(same)) < 1e-6
+    # the loss reaches the fusion module (what it is meant to train)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p):
+        m = nnx.merge(graphdef, p, rest)
+        return loss_terms(forward(m, with_und, W, 64, None), with_und, {})["expression_change"]
+
+    grads = jax.grad(loss)(params)
+    fusion = [g for path, g in jax.tree_util.tree_flatten_with_path(grads)[0] if "fusion" in jax.tree_util.keystr(path)]
+    assert fusion and max(float(jnp.abs(g).max()) for g in fusion) > 0

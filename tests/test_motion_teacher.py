@@ -146,7 +146,9 @@ def test_pretraining_settings_are_config_keys_whose_defaults_keep_the_cache_name
     assert motion_teacher.cache_path(more) != motion_teacher.cache_path(cfg)
     assert motion_teacher.settings_for(more, pairs=16).pairs == 16  # explicit overrides come last
     # model.motion keys that do not change the pretrained encoder keep the cache name; an architecture key does not
-    for same in ("model.motion.oracle=true", "model.motion.freeze=true", "model.motion.weights=teacher"):
+    # ... nor does a dataset key that adds renders the teacher never reads (the dataset's name changes)
+    for same in ("model.motion.oracle=true", "model.motion.freeze=true", "model.motion.weights=teacher",
+                 "data.undriven_views=true"):
         assert motion_teacher.cache_path(apply_overrides(cfg, [same])) == motion_teacher.cache_path(cfg), same
     assert motion_teacher.cache_path(apply_overrides(cfg, ["model.motion.bbox_dim=32"])) != \
         motion_teacher.cache_path(cfg)

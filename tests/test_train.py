@@ -275,6 +275,21 @@ def test_lr_multipliers_reject_bad_rules_and_rules_that_match_nothing(tmp_path):
             Trainer(cfg, mesh, FakeInstant4D)
 
 
+def test_expression_change_needs_undriven_views_and_a_weight_at_least_zero(tmp_path):
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    for overrides, said in (({"expression_change": 1.0}, "needs data.dataset=synthetic_heads with "
+                             "data.undriven_views=true (dataset 'synthetic_heads', undriven_views=False)"),
+                            ({"expression_change": -1.0}, "train.loss.expression_change=-1.0: must be a finite")):
+        cfg = _cfg(tmp_path, (1, 1, 1))
+        cfg.train.loss.update(overrides)
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            Trainer(cfg, mesh, FakeInstant4D)
+    cfg = _cfg(tmp_path, (1, 1, 1))
+    cfg.train.loss.expression_change, cfg.data.dataset, cfg.data.undriven_views = 1.0, "teacher_clips", True
+    with pytest.raises(ConfigError, match="dataset 'teacher_clips'"):  # real teacher clips have none
+        Trainer(cfg, mesh, FakeInstant4D)
+
+
 def test_nonfinite_batch_is_skipped(trainers):
     _, one, initial = trainers
     state = _fresh(one, initial)

@@ -99,7 +99,7 @@ class SyntheticHeads(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         spec = self.builder_config.spec
         return tfds.core.DatasetInfo(
-            builder=self, features=record.features_dict(),
+            builder=self, features=record.features_dict(undriven=spec.undriven_views),
             description=f"Synthetic teacher clips of procedural Gaussian heads: {spec}.")
 
     def _split_generators(self, dl_manager):

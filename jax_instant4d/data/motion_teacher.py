@@ -38,7 +38,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import jax
@@ -108,7 +108,9 @@ def settings_for(cfg: ConfigDict, **overrides) -> MotionTeacherSettings:
                          f"teacher), got {cfg.data.dataset!r}; give a weights file instead")
     motion = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.model.motion.to_dict().items()
               if k not in NOT_ARCHITECTURE}
-    base = dict(dataset=synthetic.spec_from_config(cfg).name, motion=json.dumps(motion, sort_keys=True),
+    # the dataset's identities and generator (its undriven views are no input of the teacher's)
+    spec = replace(synthetic.spec_from_config(cfg), undriven_views=False)
+    base = dict(dataset=spec.name, motion=json.dumps(motion, sort_keys=True),
                 image_size=int(cfg.model.image_size), resolution=int(cfg.data.resolution))
     types = {f.name: f.type for f in fields(MotionTeacherSettings)}
     for k, v in cfg.data.motion_teacher.items():

@@ -18,6 +18,10 @@ E = ``record.NUM_EXPRESSION``)::
     target_eyes       f32[b,K,R,R] (0 if absent) target_mouth      f32[b,K,R,R] (0 if absent)
     expression        f32[b,K,E] (0 if absent)  source_expression  f32[b,E]
     identity i32[b]   clip i32[b]               time i32[b,K]      view i32[b,K]
+
+and, only when the pipeline is asked for them (``train.loss.expression_change`` > 0; the dataset must have been
+made with ``data.undriven_views``), ``undriven f32[b,K,R,R,3]``: each target's undriven twin (the source
+identity at the source's expression at that target's camera), shifted and lit as its target is.
 """
 
 from __future__ import annotations
@@ -257,9 +261,10 @@ class SampleTargets(grain.transforms.RandomMap):
     into the avatar (source and teacher views keep their colours).
     """
 
-    def __init__(self, targets: int, resolution: int, augment: Mapping | None = None):
+    def __init__(self, targets: int, resolution: int, augment: Mapping | None = None, undriven: bool = False):
         self.k = int(targets)
         self.res = int(resolution)
+        self.undriven = bool(undriven)
         a = dict(augment or {})
         self.crop = bool(a.get("crop", False))
         self.photometric = bool(a.get("photometric", False))
@@ -281,6 +286,7 @@ class SampleTargets(grain.transforms.RandomMap):
         src_k = np.asarray(rec["source_intrinsics"], np.float32) * scale
         drv = np.stack([decode_image(rec["driving_images"][ti], res) for ti in times]).astype(np.float32) / 255.0
         tgt = np.stack([decode_image(rec["target_images"][i], res) for i in pick]).astype(np.float32) / 255.0
+        und = self._undriven(rec, pick) if self.undriven else None
         tgt_w2c = np.asarray(rec["target_w2c"], np.float32)[pick]
         tgt_k = np.asarray(rec["target_intrinsics"], np.float32)[pick] * scale
         has_fg, has_regions = bool(rec["has_fg"]), bool(rec["has_regions"])
@@ -306,6 +312,8 @@ class SampleTargets(grain.transforms.RandomMap):
             for i in range(k):
                 dx, dy = rng.integers(-m, m + 1, size=2)
                 tgt[i], fg[i], eyes[i], mouth[i] = (_shift(x, dx, dy) for x in (tgt[i], fg[i], eyes[i], mouth[i]))
+                if und is not None:
+                    und[i] = _shift(und[i], dx, dy)
                 tgt_k[i] += np.asarray([0, 0, dx, dy], np.float32)
                 dx, dy = rng.integers(-m, m + 1, size=2)
                 drv[i] = _shift(drv[i], dx, dy)
@@ -313,6 +321,8 @@ class SampleTargets(grain.transforms.RandomMap):
             gain = 1.0 + rng.uniform(-self.brightness, self.brightness)
             src = np.clip(src * gain, 0.0, 1.0)
             tgt = np.clip(tgt * gain, 0.0, 1.0)
+            if und is not None:
+                und = np.clip(und * gain, 0.0, 1.0)
             for i in range(k):
                 g = 1.0 + rng.uniform(-self.brightness, self.brightness)
                 c = 1.0 + rng.uniform(-self.contrast, self.contrast)
@@ -321,7 +331,7 @@ class SampleTargets(grain.transforms.RandomMap):
                 if self.color > 0:
                     drv[i] = np.clip(drv[i] * (1.0 + rng.uniform(-self.color, self.color, size=3)), 0.0, 1.0)
 
-        return {
+        out = {
             "source": src,
             "source_w2c": np.asarray(rec["source_w2c"], np.float32),
             "source_intrinsics": src_k.astype(np.float32),
@@ -339,6 +349,20 @@ class SampleTargets(grain.transforms.RandomMap):
             "time": times.astype(np.int32),
             "view": views.astype(np.int32),
         }
+        if und is not None:
+            out["undriven"] = und
+        return out
+
+    def _undriven(self, rec: Mapping, pick: np.ndarray) -> np.ndarray:
+        """The picked targets' undriven twins, floats in [0, 1]; a record without them is an error naming its clip."""
+        frames = rec.get("undriven_images")
+        if frames is None or len(frames) != int(rec["num_times"]) * int(rec["num_views"]):
+            clip = rec.get("clip_id", b"?")
+            clip = clip.decode() if isinstance(clip, bytes) else str(clip)
+            raise ValueError(f"clip {clip}: no undriven views (train.loss.expression_change needs them; a "
+                             f"synthetic_heads dataset has them when made with data.undriven_views=true, real teacher "
+                             f"clips never)")
+        return np.stack([decode_image(frames[i], self.res) for i in pick]).astype(np.float32) / 255.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,7 +404,8 @@ def make_dataset(cfg, split: str, batch_size: int, process_index: int | None = N
     ds = ds.shuffle(seed=seed).repeat(None)
     if augment is None:
         augment = resolve_split(split) == "train"
-    sampler = SampleTargets(d.targets_per_example, d.resolution, d.augment.to_dict() if augment else None)
+    sampler = SampleTargets(d.targets_per_example, d.resolution, d.augment.to_dict() if augment else None,
+                            undriven=float(cfg.train.loss.expression_change) > 0)
     ds = ds.random_map(sampler, seed=(seed * 1_000_003 + 7919 * process_index + 17) % (2 ** 32))
     ds = ds.batch(batch_size, drop_remainder=True)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, int(d.read_threads)),

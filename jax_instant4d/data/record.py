@@ -38,6 +38,8 @@ has_expression      bool          expression arrays are ground truth (synthetic 
 expression          f32[T,E]      expression parameters of each time step (zeros if absent)
 source_expression   f32[E]        expression of the source image (zeros if absent)
 identity_params     f32[P]        synthetic generator identity parameters (empty for real clips)
+undriven_images     bytes[T*V]    optional (datasets made with it only): encoded RGB of the source
+                                  identity at the source's own expression at each teacher view's camera
 ==================  ============  ==================================================================
 """
 
@@ -208,16 +210,19 @@ class Clip:
     expression: np.ndarray | None = None  # f32[T,E]
     source_expression: np.ndarray | None = None  # f32[E]
     identity_params: np.ndarray | None = None  # f32[P]
+    undriven_images: np.ndarray | None = None  # u8[T,V,R,R,3]: the source's expression at the target cameras
     clip_index: int = 0
     identity_index: int = 0
     driving_identity: int = -1
 
 
-def features_dict():
-    """The tfds features of a clip record (``Tensor`` features only: no TensorFlow needed)."""
+def features_dict(undriven: bool = False):
+    """The tfds features of a clip record (``Tensor`` features only: no TensorFlow needed); ``undriven``:
+    with the optional ``undriven_images``."""
     import tensorflow_datasets as tfds
 
     T = tfds.features.Tensor
+    extra = {"undriven_images": T(shape=(None,), dtype=np.object_)} if undriven else {}
     return tfds.features.FeaturesDict({
         "clip_id": T(shape=(), dtype=np.str_),
         "identity_id": T(shape=(), dtype=np.str_),
@@ -242,6 +247,7 @@ def features_dict():
         "expression": T(shape=(None, NUM_EXPRESSION), dtype=np.float32),
         "source_expression": T(shape=(NUM_EXPRESSION,), dtype=np.float32),
         "identity_params": T(shape=(None,), dtype=np.float32),
+        **extra,
     })
 
 
@@ -269,6 +275,13 @@ def encode_clip(clip: Clip, image_format: str = "png", jpeg_quality: int = 95) -
     expr = np.asarray(clip.expression if has_expr else np.zeros((t, NUM_EXPRESSION)), np.float32)
     src_expr = clip.source_expression if clip.source_expression is not None else np.zeros(NUM_EXPRESSION)
     ident = clip.identity_params if clip.identity_params is not None else np.zeros((0,))
+    extra = {}
+    if clip.undriven_images is not None:
+        if clip.undriven_images.shape != clip.target_images.shape:
+            raise ValueError(f"clip {clip.clip_id}: undriven_images has shape {clip.undriven_images.shape}, "
+                             f"target_images {clip.target_images.shape}: one undriven view per teacher view")
+        extra["undriven_images"] = np.array([enc(clip.undriven_images[ti, vi]) for ti in range(t) for vi in range(v)],
+                                            dtype=object)
     return {
         "clip_id": clip.clip_id,
         "identity_id": clip.identity_id,
@@ -294,6 +307,7 @@ def encode_clip(clip: Clip, image_format: str = "png", jpeg_quality: int = 95) -
         "expression": expr.reshape(t, NUM_EXPRESSION),
         "source_expression": np.asarray(src_expr, np.float32).reshape(NUM_EXPRESSION),
         "identity_params": np.asarray(ident, np.float32).reshape(-1),
+        **extra,
     }
 
 

@@ -4,7 +4,8 @@ Each clip: a neutral source image of identity A at a near-frontal camera; T driv
 identity B (same split) performing expressions e_1..e_T at near-frontal cameras; and for each time step
 V teacher views of A performing e_t at random EG3D-style cameras (radius ``render.camera_radius``,
 field of view ``render.fov_degrees``, yaw within +-35 degrees, pitch within +-20 degrees). The ground
-truth expression parameters and the eye / mouth region masks are stored too.
+truth expression parameters and the eye / mouth region masks are stored too. With ``undriven_views`` each
+teacher view also has its undriven twin: A at the source's own (neutral) expression at the same camera.
 
 Everything is a pure function of the seed: identity i's parameters come from ``(seed, 1, i)``, clip c's
 plan (driving identity, expressions, cameras) from ``(seed, 2, c)``, so any subset of clips can be
@@ -48,6 +49,8 @@ class SyntheticSpec:
     jpeg_quality: int = 95
     fov_degrees: float = 18.837
     camera_radius: float = 2.7
+    # also render each teacher view's camera with the source identity at the source's expression
+    undriven_views: bool = False
 
     def __post_init__(self):
         if self.num_identities < 2:
@@ -60,10 +63,14 @@ class SyntheticSpec:
 
     @property
     def name(self) -> str:
-        """The tfds config name: readable essentials plus a hash of every field and the generator version."""
-        h = hashlib.sha1(repr((sorted(asdict(self).items()), GENERATOR_VERSION)).encode()).hexdigest()[:8]
+        """The tfds config name: readable essentials plus a hash of every field and the generator version
+        (``undriven_views`` only when true, so that the datasets made before it existed keep their names)."""
+        fields = asdict(self)
+        if not self.undriven_views:
+            del fields["undriven_views"]
+        h = hashlib.sha1(repr((sorted(fields.items()), GENERATOR_VERSION)).encode()).hexdigest()[:8]
         return (f"r{self.resolution}-i{self.num_identities}-c{self.clips_per_identity}-t{self.time_steps}"
-                f"-v{self.views}-s{self.seed}-{self.image_format}-{h}")
+                f"-v{self.views}-s{self.seed}-{self.image_format}{'-u' if self.undriven_views else ''}-{h}")
 
     @property
     def num_clips(self) -> int:
@@ -83,7 +90,8 @@ def spec_from_config(cfg) -> SyntheticSpec:
                          heldout_identities=int(d.heldout_identities), clips_per_identity=int(d.clips_per_identity),
                          time_steps=int(d.time_steps), views=int(d.views), seed=int(d.seed),
                          image_format=str(d.image_format), jpeg_quality=int(d.jpeg_quality),
-                         fov_degrees=float(r.fov_degrees), camera_radius=float(r.camera_radius))
+                         fov_degrees=float(r.fov_degrees), camera_radius=float(r.camera_radius),
+                         undriven_views=bool(d.undriven_views))
 
 
 def identity_params(spec: SyntheticSpec, index: int) -> Float[np.ndarray, " P"]:
@@ -154,7 +162,8 @@ class Generator:
     def __init__(self, spec: SyntheticSpec, backend: str = "auto", max_pixels: int = 6_000_000,
                  cache_identities: int = 512):
         self.spec = spec
-        per_clip = (1 + spec.time_steps + spec.time_steps * spec.views) * spec.resolution ** 2
+        self._views_per_time = 2 if spec.undriven_views else 1  # teacher views, and their undriven twins
+        per_clip = (1 + spec.time_steps + self._views_per_time * spec.time_steps * spec.views) * spec.resolution ** 2
         self.chunk = int(max(1, min(16, max_pixels // per_clip, spec.num_clips)))
         self._render = _render_fn(spec.resolution, backend)
         self._cache: OrderedDict[int, object] = OrderedDict()
@@ -198,18 +207,22 @@ class Generator:
             render_pose += [base] + [base + 1 + i for i in range(t)] + [base + 1 + t + i for i in range(t)
                                                                          for _ in range(v)]
             angles += [p.source_angles] + list(p.driving_angles) + list(p.target_angles.reshape(t * v, 2))
+            if spec.undriven_views:  # the source's posed head (its own expression) at every teacher camera
+                render_pose += [base] * (t * v)
+                angles += list(p.target_angles.reshape(t * v, 2))
         w2c, intr = cameras(np.stack(angles), spec)
         canon = self._canonicals(pose_ident)
         rgb, alpha, regions = self._render(canon, jnp.asarray(np.stack(pose_expr)),
                                            jnp.asarray(np.asarray(render_pose, np.int32)), jnp.asarray(w2c),
                                            jnp.asarray(intr))
         rgb, alpha, regions = np.asarray(rgb), np.asarray(alpha), np.asarray(regions)
-        per = 1 + t + t * v
+        per = 1 + t + self._views_per_time * t * v
         res = spec.resolution
         clips = []
         for k, p in enumerate(plans[:n_real]):
             o = k * per
-            sl = slice(o + 1 + t, o + per)
+            sl = slice(o + 1 + t, o + 1 + t + t * v)
+            und = slice(o + 1 + t + t * v, o + per)
             clips.append(Clip(
                 clip_id=f"synthetic-{p.clip_index:06d}",
                 identity_id=f"synthetic-id{p.identity:05d}",
@@ -227,6 +240,7 @@ class Generator:
                 expression=p.expression,
                 source_expression=zero,
                 identity_params=identity_params(spec, p.identity),
+                undriven_images=rgb[und].reshape(t, v, res, res, 3) if spec.undriven_views else None,
                 clip_index=p.clip_index,
                 identity_index=p.identity,
                 driving_identity=p.driving_identity,

@@ -74,6 +74,9 @@ class ForwardPass(NamedTuple):
     # the frozen motion encoder's codes of the M renders and of their targets ([B, M, D] each, the source view
     # first), for the motion-consistency loss; None when that loss is off
     codes: tuple[Float[Array, "B M D"], Float[Array, "B M D"]] | None = None
+    # the avatar with its own motion at the K target cameras, and the teacher's undriven views there (the batch's
+    # "undriven"), for the expression-change loss; None without them
+    undriven: tuple[Float[Array, "B K h w 3"], Float[Array, "B K h w 3"]] | None = None
 
 
 def render_views(model: nnx.Module, avatar: Avatar, z: Motion, w2c: Float[Array, "B M 4 4"],
@@ -117,26 +120,37 @@ def forward(model: nnx.Module, batch: Batch, res: int, image_size: int, mesh: Me
     """Renders each example at its source camera with its own motion and at its K target cameras with
     the driving motions, at ``res``; the targets resized to ``res``; the model's δf and overflow (a
     model whose ``animate`` gives no ``delta`` or ``overflow`` is an error). ``motion_codes``: also the
-    motion encoder's codes of the M renders and of their targets (:func:`motion_code_pair`)."""
+    motion encoder's codes of the M renders and of their targets (:func:`motion_code_pair`). A batch with
+    ``undriven`` views: the avatar is also rendered with its own motion at the K target cameras (in the same
+    rendering call), beside them."""
     avatar, z_src, z_drv = encode_batch(model, batch, image_size)
     data_res = batch["source"].shape[1]
+    b, k = batch["target_w2c"].shape[:2]
+    undriven = "undriven" in batch
     z = _stack(z_src, z_drv)
     w2c = jnp.concatenate([batch["source_w2c"][:, None], batch["target_w2c"]], axis=1)
-    intr = render.scale_intrinsics(
-        jnp.concatenate([batch["source_intrinsics"][:, None], batch["target_intrinsics"]], axis=1),
-        data_res, res)
-    rgb, aux = render_views(model, avatar, z, w2c, intr, res, mesh)
-    b, m = w2c.shape[:2]
-    target = jnp.concatenate([batch["source"][:, None], batch["target"]], axis=1)
-    target = resize_square(target.reshape(b * m, *target.shape[2:]), res).reshape(rgb.shape)
-    missing = [k for k in ("delta", "overflow") if k not in aux]
+    intr = jnp.concatenate([batch["source_intrinsics"][:, None], batch["target_intrinsics"]], axis=1)
+    if undriven:  # K more views: the source's motion at the target cameras
+        z = jax.tree.map(lambda a, s: jnp.concatenate([a, jnp.repeat(s[:, None], k, axis=1)], axis=1), z, z_src)
+        w2c = jnp.concatenate([w2c, batch["target_w2c"]], axis=1)
+        intr = jnp.concatenate([intr, batch["target_intrinsics"]], axis=1)
+    rgb, aux = render_views(model, avatar, z, w2c, render.scale_intrinsics(intr, data_res, res), res, mesh)
+    missing = [n for n in ("delta", "overflow") if n not in aux]
     if missing:
         raise ValueError(f"{type(model).__name__}.animate returned no {' or '.join(map(repr, missing))} in its aux "
                          f"outputs (has {sorted(aux)}): the δf penalty and the overflow count need them")
-    delta_f = aux["delta"]
-    overflow = jnp.sum(aux["overflow"]).astype(jnp.int32)
+    m = 1 + k
+    delta_f, overflow = aux["delta"][:, :m], aux["overflow"][:, :m]  # the undriven views' δf is the source view's
+    und = None
+    if undriven:
+        teacher = resize_square(batch["undriven"].reshape(b * k, *batch["undriven"].shape[2:]), res)
+        und = (rgb[:, m:], teacher.reshape(rgb[:, m:].shape))
+        rgb = rgb[:, :m]
+    target = jnp.concatenate([batch["source"][:, None], batch["target"]], axis=1)
+    target = resize_square(target.reshape(b * m, *target.shape[2:]), res).reshape(rgb.shape)
+    overflow = jnp.sum(overflow).astype(jnp.int32)
     codes = motion_code_pair(model, rgb, target, image_size) if motion_codes else None
-    return ForwardPass(rgb, target, z_src, z_drv, delta_f, overflow, codes)
+    return ForwardPass(rgb, target, z_src, z_drv, delta_f, overflow, codes, und)
 
 
 def motion_code_pair(model: nnx.Module, rgb: Float[Array, "B M r r 3"], target: Float[Array, "B M r r 3"],
@@ -173,7 +187,19 @@ def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params], motion
                               out.target[:, 1:].reshape(b * k, res, res, -1), masks),
         "delta_f": jnp.mean(jnp.square(out.delta_f)),
         "motion": motion_consistency(*out.codes, relative=motion_relative) if out.codes is not None else zero,
+        "expression_change": expression_change(out) if out.undriven is not None else zero,
     }
+
+
+def expression_change(out: ForwardPass) -> Float[Array, ""]:
+    """L1 between the change the driving motion makes to the render and the change it makes to the teacher's
+    view, at each of the K target cameras: (driven render - undriven render) against (teacher view - undriven
+    teacher view). The avatar's reconstruction error, shared by its two renders, cancels; what is left is how
+    far the driven render's change is from the expression's. Needs ``out.undriven``."""
+    if out.undriven is None:
+        raise ValueError("expression_change needs the forward pass's undriven views (a batch with 'undriven')")
+    und_rgb, und_target = out.undriven
+    return L.l1(out.rgb[:, 1:] - und_rgb, out.target[:, 1:] - und_target)
 
 
 def motion_consistency(render: Float[Array, "B M D"], target: Float[Array, "B M D"], relative: bool = True

@@ -8,6 +8,7 @@ pretrained motion encoder (``model.motion.weights``) loaded in place of its init
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,7 @@ from jax_instant4d.tree_paths import path_str
 ModelFactory = Callable[..., nnx.Module]
 logger = logging.getLogger(__name__)
 
-LOSS_NAMES = ("l1", "ssim", "lpips", "identity", "region", "delta_f", "motion", "adversarial")
+LOSS_NAMES = ("l1", "ssim", "lpips", "identity", "region", "delta_f", "motion", "expression_change", "adversarial")
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
@@ -53,6 +54,7 @@ class TrainSetup:
             if tcfg.loss.motion > 0:
                 raise ConfigError("model.motion.oracle: train.loss.motion reads renders with the motion encoder, "
                                   "which an oracle model does not use; set one of them off")
+        _check_expression_change(cfg)
         frozen = list(tcfg.frozen)
         if cfg.model.motion.freeze:
             frozen.append(r"^motion_encoder(/|$)")
@@ -177,6 +179,17 @@ class TrainSetup:
     def adversarial_at(self, step: int) -> bool:
         """Whether the adversarial loss (and the discriminator's update) is on at ``step``."""
         return bool(self.adversarial and step >= self.cfg.train.loss.adversarial_start)
+
+
+def _check_expression_change(cfg: ConfigDict) -> None:
+    """``train.loss.expression_change`` must be a finite weight >= 0, and on only with undriven teacher views."""
+    w = float(cfg.train.loss.expression_change)
+    if not (math.isfinite(w) and w >= 0):
+        raise ConfigError(f"train.loss.expression_change={w!r}: must be a finite number >= 0")
+    if w > 0 and not (cfg.data.dataset == "synthetic_heads" and cfg.data.undriven_views):
+        raise ConfigError(f"train.loss.expression_change={w} compares each render with the undriven teacher view at "
+                          f"its camera: it needs data.dataset=synthetic_heads with data.undriven_views=true (dataset "
+                          f"{cfg.data.dataset!r}, undriven_views={bool(cfg.data.undriven_views)})")
 
 
 def _check_lr_multipliers(rules, params: PyTree) -> None:

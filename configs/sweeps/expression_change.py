@@ -1,0 +1,45 @@
+"""Does a loss on the expression's *change* teach the avatar the small actions?
+
+At 2,000 steps the driven avatar performs jaw opening and the blinks and nothing else, even when its code is the
+exact expression (README, "Is the motion code the limit?"), while its renders stay blurred (PSNR 22-23 dB). The
+pixel losses are L1, whose gradient at a pixel is the sign of the residual: where the reconstruction is off by more
+than a smile moves the pixel, the sign is the reconstruction's and the smile adds nothing to it.
+``train.loss.expression_change`` compares, at each target camera, the change the driving motion makes to the render
+(driven - undriven render, the same avatar with its own motion) with the change it makes to the teacher's view
+(teacher view - the teacher's undriven view, ``data.undriven_views``: the source identity at the source's
+expression at that camera). The reconstruction error both renders share cancels; what is left is the expression.
+The teacher can draw the undriven view (it is the teacher driven by the source itself), so the signal is one a
+real teacher gives too.
+
+Weight 1.0 (the L1 term's), fixed before any run. Everything else is the teacher-data sweep's setting
+(512-identity teacher, 2,000 steps), so the runs without the loss are that sweep's (docs/sweep_teacher_data.md):
+the undriven views change the dataset's name, not its clips (every stored field of every clip is as before; a test
+checks it) nor the order or content of the other batch fields. Seeds 0 / 1 / 2.
+
+    instant4d sweep configs/sweeps/expression_change.py launch --parallel 2
+    instant4d sweep configs/sweeps/expression_change.py collect
+
+Run from the repository root.
+"""
+
+from pathlib import Path
+
+from jax_instant4d.sweep import config_steps, seeded
+
+BASE = "configs/small.py"
+SEEDS = (0, 1, 2)
+SMALL = Path(__file__).resolve().parents[1] / "small.py"  # the demo: the runs train for its steps
+
+
+def get_sweep():
+    return {
+        "name": "expression_change",
+        "config": BASE,
+        "workdir": "workdirs/sweeps/expression_change",
+        "fixed": {"train.steps": config_steps(SMALL), "data.motion_teacher.extra_identities": 512,
+                  "data.motion_teacher.pairs": 4096, "data.motion_teacher.steps": 2000,
+                  "data.undriven_views": True},
+        "grid": {"train.loss.expression_change": [1.0]},
+        **seeded(SEEDS),
+        "split": "heldout",
+    }
