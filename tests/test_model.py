@@ -587,17 +587,18 @@ def test_expression_change_loss_compares_the_renders_change_with_the_teachers_at
 
     model = model_for("local", **{"model.fusion_init": 1.0})  # δf at full size: the driving motion shows
     batch = _forward_batch()
-    plain = forward(model, batch, W, 64, None)
+    run = nnx.jit(lambda m, b: forward(m, b, W, 64, None))
+    plain = run(model, batch)
     with_und = dict(batch, undriven=images(3, 4).reshape(2, 2, 64, 64, 3))
-    out = forward(model, with_und, W, 64, None)
+    out = run(model, with_und)
     for a, b in ((out.rgb, plain.rgb), (out.target, plain.target), (out.delta_f, plain.delta_f)):
         np.testing.assert_array_equal(a, b)
     assert plain.undriven is None and int(out.overflow) == int(plain.overflow)
     # an independent path: the avatar animated with its own motion, rendered at the target cameras on its own
-    avatar = model.encode(batch["source"])
+    avatar = ENCODE(model, batch["source"])
     z_own = jax.tree.map(lambda s: jnp.repeat(s[:, None], 2, axis=1), avatar.z_src)
     cam = render.Camera(batch["target_w2c"], render.scale_intrinsics(batch["target_intrinsics"], 64, W))
-    want_rgb = model.animate(avatar, z_own, cam, W, W)[0]
+    want_rgb = ANIMATE(model, avatar, z_own, cam)[0]
     np.testing.assert_allclose(out.undriven[0], want_rgb, atol=2e-6)
     # the driving motion changes the render, by far more than the tolerance above
     assert float(jnp.abs(out.undriven[0] - out.rgb[:, 1:]).max()) > 1e-4
@@ -619,6 +620,6 @@ def test_expression_change_loss_compares_the_renders_change_with_the_teachers_at
         m = nnx.merge(graphdef, p, rest)
         return loss_terms(forward(m, with_und, W, 64, None), with_und, {})["expression_change"]
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     fusion = [g for path, g in jax.tree_util.tree_flatten_with_path(grads)[0] if "fusion" in jax.tree_util.keystr(path)]
     assert fusion and max(float(jnp.abs(g).max()) for g in fusion) > 0
