@@ -212,6 +212,9 @@ def _train_defaults() -> ConfigDict:
             # that the reconstruction error both renders share cancels and only the expression's change counts (not
             # the paper's; needs data.undriven_views=true)
             "expression_change": 0.0,
+            # its pixels: "change", each weighted by how much the teacher's view changes there (pixels the expression
+            # leaves alone count 0); "uniform", all alike (measured: it stops the driving frame changing the render)
+            "expression_change_weighting": "change",
             # squared distance between the frozen motion encoder's codes of each driven render and of its teacher
             # frame (not the paper's: its expression signal beyond the pixels is the motion-conditioned adversary)
             "motion": 0.0,

@@ -605,14 +605,26 @@ def test_expression_change_loss_compares_the_renders_change_with_the_teachers_at
     teacher = resize_square(with_und["undriven"].reshape(4, 64, 64, 3), W).reshape(2, 2, W, W, 3)
     np.testing.assert_array_equal(out.undriven[1], teacher)
     rgb, tgt, ur, ut = (np.asarray(x, np.float64) for x in (out.rgb[:, 1:], out.target[:, 1:], *out.undriven))
-    want = np.mean(np.abs((rgb - ur) - (tgt - ut)))
-    terms = loss_terms(out, with_und, {})
-    np.testing.assert_allclose(terms["expression_change"], want, rtol=1e-5)
+    err = np.abs((rgb - ur) - (tgt - ut))
+    w = np.sum(np.abs(tgt - ut), axis=-1, keepdims=True)  # "change": how much the teacher's view changes there
+    np.testing.assert_allclose(loss_terms(out, with_und, {})["expression_change"], np.sum(w * err) / (np.sum(w) * 3),
+                               rtol=1e-5)
+    np.testing.assert_allclose(loss_terms(out, with_und, {}, change_weighting="uniform")["expression_change"],
+                               np.mean(err), rtol=1e-5)
     assert float(loss_terms(plain, batch, {})["expression_change"]) == 0.0  # off without undriven views
     # what cancels: renders whose change is the teacher's give 0, whatever each render's own error
     same = out._replace(target=out.target.at[:, 1:].set(out.rgb[:, 1:] + 0.3),
                         undriven=(out.undriven[0], out.undriven[0] + 0.3))
-    assert float(expression_change(same)) < 1e-6
+    assert float(expression_change(same)) < 1e-6 and float(expression_change(same, "uniform")) < 1e-6
+    # "change" ignores what the render does where the teacher's view does not change; "uniform" pulls it to 0
+    left = (jnp.arange(W) < W // 2)[None, None, None, :, None]
+    teacher_change = jnp.where(left, 0.2, 0.0) * jnp.ones_like(out.rgb[:, 1:])
+    leak = out._replace(target=out.target.at[:, 1:].set(out.undriven[1] + teacher_change),
+                        rgb=out.rgb.at[:, 1:].set(out.undriven[0] + teacher_change + jnp.where(left, 0.0, 0.1)))
+    assert float(expression_change(leak)) < 1e-6
+    np.testing.assert_allclose(expression_change(leak, "uniform"), 0.05, rtol=1e-4)
+    with pytest.raises(ValueError, match="weighting"):
+        expression_change(leak, "squared")
     # the loss reaches the fusion module (what it is meant to train)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 

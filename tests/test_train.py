@@ -279,7 +279,9 @@ def test_expression_change_needs_undriven_views_and_a_weight_at_least_zero(tmp_p
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     for overrides, said in (({"expression_change": 1.0}, "needs data.dataset=synthetic_heads with "
                              "data.undriven_views=true (dataset 'synthetic_heads', undriven_views=False)"),
-                            ({"expression_change": -1.0}, "train.loss.expression_change=-1.0: must be a finite")):
+                            ({"expression_change": -1.0}, "train.loss.expression_change=-1.0: must be a finite"),
+                            ({"expression_change_weighting": "squared"},
+                             "train.loss.expression_change_weighting='squared': must be one of ('change', 'uniform')")):
         cfg = _cfg(tmp_path, (1, 1, 1))
         cfg.train.loss.update(overrides)
         with pytest.raises(ConfigError, match=re.escape(said)):

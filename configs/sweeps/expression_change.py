@@ -14,7 +14,16 @@ real teacher gives too.
 Weight 1.0 (the L1 term's), fixed before any run. Everything else is the teacher-data sweep's setting
 (512-identity teacher, 2,000 steps), so the runs without the loss are that sweep's (docs/sweep_teacher_data.md):
 the undriven views change the dataset's name, not its clips (every stored field of every clip is as before; a test
-checks it) nor the order or content of the other batch fields. Seeds 0 / 1 / 2.
+checks it) nor the order or content of the other batch fields.
+
+First form, seeds 0 and 1 (the run names without a weighting): every pixel alike (``"uniform"``). It stopped the
+driving frame from changing the render at all: held-out eyes + mouth equal to undriven at every evaluation (500 to
+2,000 steps) in both seeds, where the baseline's had +0.5 / +1.0 dB at step 1,500. Uniform L1 on the change pulls
+any change of the render where the teacher's view does not change (29% of a frame's pixels change, most by a few
+levels) towards 0 with the full force of its sign gradient. Its seed 2 was stopped at the start.
+
+Second form, seeds 0 / 1 / 2 (``"change"``, now the default): each pixel weighted by how much the teacher's view
+changes there, so a pixel the expression leaves alone adds nothing and one it changes a lot counts most.
 
     instant4d sweep configs/sweeps/expression_change.py launch --parallel 2
     instant4d sweep configs/sweeps/expression_change.py collect
@@ -24,7 +33,7 @@ Run from the repository root.
 
 from pathlib import Path
 
-from jax_instant4d.sweep import config_steps, seeded
+from jax_instant4d.sweep import config_steps, seed_overrides, seeded
 
 BASE = "configs/small.py"
 SEEDS = (0, 1, 2)
@@ -38,8 +47,10 @@ def get_sweep():
         "workdir": "workdirs/sweeps/expression_change",
         "fixed": {"train.steps": config_steps(SMALL), "data.motion_teacher.extra_identities": 512,
                   "data.motion_teacher.pairs": 4096, "data.motion_teacher.steps": 2000,
-                  "data.undriven_views": True},
-        "grid": {"train.loss.expression_change": [1.0]},
+                  "data.undriven_views": True, "train.loss.expression_change": 1.0},
+        "grid": {"train.loss.expression_change_weighting": ["change"]},
         **seeded(SEEDS),
+        "runs": [{"name": f"expression_change-1__seed-{s}__train.seed-{s}__shuffle_seed-{s}",
+                  "train.loss.expression_change_weighting": "uniform", **seed_overrides(s)} for s in (0, 1)],
         "split": "heldout",
     }

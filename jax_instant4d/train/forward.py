@@ -167,10 +167,11 @@ def motion_code_pair(model: nnx.Module, rgb: Float[Array, "B M r r 3"], target: 
 
 
 def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params], motion_relative: bool = True,
-               structural: bool = False) -> dict[str, jax.Array]:
+               structural: bool = False, change_weighting: str = "change") -> dict[str, jax.Array]:
     """Every loss term but the adversarial one (a term whose network is missing, or whose codes the forward
     pass did not compute, is 0); ``motion_relative``: :func:`motion_consistency`'s form; ``structural``:
-    compute the 1 - SSIM term (else 0, so that a run without it compiles the step it compiled before)."""
+    compute the 1 - SSIM term (else 0, so that a run without it compiles the step it compiled before);
+    ``change_weighting``: :func:`expression_change`'s ``weighting``."""
     b, m, res = out.rgb.shape[0], out.rgb.shape[1], out.rgb.shape[2]
     pred = out.rgb.reshape(b * m, res, res, -1)
     tgt = out.target.reshape(pred.shape)
@@ -187,19 +188,35 @@ def loss_terms(out: ForwardPass, batch: Batch, nets: dict[str, L.Params], motion
                               out.target[:, 1:].reshape(b * k, res, res, -1), masks),
         "delta_f": jnp.mean(jnp.square(out.delta_f)),
         "motion": motion_consistency(*out.codes, relative=motion_relative) if out.codes is not None else zero,
-        "expression_change": expression_change(out) if out.undriven is not None else zero,
+        "expression_change": expression_change(out, change_weighting) if out.undriven is not None else zero,
     }
 
 
-def expression_change(out: ForwardPass) -> Float[Array, ""]:
+CHANGE_WEIGHTINGS = ("change", "uniform")
+
+
+def expression_change(out: ForwardPass, weighting: str = "change") -> Float[Array, ""]:
     """L1 between the change the driving motion makes to the render and the change it makes to the teacher's
     view, at each of the K target cameras: (driven render - undriven render) against (teacher view - undriven
     teacher view). The avatar's reconstruction error, shared by its two renders, cancels; what is left is how
-    far the driven render's change is from the expression's. Needs ``out.undriven``."""
+    far the driven render's change is from the expression's. Needs ``out.undriven``.
+
+    ``weighting``: "change", each pixel weighted by how much the teacher's view changes there (the sum over the
+    channels of |teacher view - undriven teacher view|; the weighted mean), so that a pixel the expression leaves
+    alone adds nothing; "uniform", the plain mean over all pixels. Uniform L1 pulls every change of the render
+    where the teacher's is 0 towards 0 with a constant force (its gradient is the sign), whatever its size: in
+    the expression-change sweep it stopped the driving frame from changing the render at all."""
     if out.undriven is None:
         raise ValueError("expression_change needs the forward pass's undriven views (a batch with 'undriven')")
+    if weighting not in CHANGE_WEIGHTINGS:
+        raise ValueError(f"expression_change weighting must be one of {CHANGE_WEIGHTINGS}, got {weighting!r}")
     und_rgb, und_target = out.undriven
-    return L.l1(out.rgb[:, 1:] - und_rgb, out.target[:, 1:] - und_target)
+    change = out.target[:, 1:] - und_target
+    err = jnp.abs((out.rgb[:, 1:] - und_rgb) - change)
+    if weighting == "uniform":
+        return jnp.mean(err)
+    w = jax.lax.stop_gradient(jnp.sum(jnp.abs(change), axis=-1, keepdims=True))
+    return jnp.sum(w * err) / jnp.maximum(jnp.sum(w) * err.shape[-1], 1e-12)
 
 
 def motion_consistency(render: Float[Array, "B M D"], target: Float[Array, "B M D"], relative: bool = True

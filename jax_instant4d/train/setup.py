@@ -23,6 +23,7 @@ from jax_instant4d.model.split import ModelDef
 from jax_instant4d.train import losses as L
 from jax_instant4d.train import motion_weights
 from jax_instant4d.train.discriminator import Discriminator
+from jax_instant4d.train.forward import CHANGE_WEIGHTINGS
 from jax_instant4d.train.sharding import like_params_shardings, param_shardings, replicated
 from jax_instant4d.train.state import TrainState, lr_multiplier_rules, make_disc_optimizer, make_optimizer
 from jax_instant4d.tree_paths import path_str
@@ -182,10 +183,14 @@ class TrainSetup:
 
 
 def _check_expression_change(cfg: ConfigDict) -> None:
-    """``train.loss.expression_change`` must be a finite weight >= 0, and on only with undriven teacher views."""
+    """``train.loss.expression_change`` must be a finite weight >= 0, on only with undriven teacher views, and its
+    weighting one :func:`~jax_instant4d.train.forward.expression_change` knows."""
     w = float(cfg.train.loss.expression_change)
     if not (math.isfinite(w) and w >= 0):
         raise ConfigError(f"train.loss.expression_change={w!r}: must be a finite number >= 0")
+    weighting = cfg.train.loss.expression_change_weighting
+    if weighting not in CHANGE_WEIGHTINGS:
+        raise ConfigError(f"train.loss.expression_change_weighting={weighting!r}: must be one of {CHANGE_WEIGHTINGS}")
     if w > 0 and not (cfg.data.dataset == "synthetic_heads" and cfg.data.undriven_views):
         raise ConfigError(f"train.loss.expression_change={w} compares each render with the undriven teacher view at "
                           f"its camera: it needs data.dataset=synthetic_heads with data.undriven_views=true (dataset "

@@ -82,7 +82,8 @@ class Trainer(TrainSetup):
             out = forward(model, batch, res, self.cfg.model.image_size, self.mesh,
                           motion_codes=self.weights["motion"] > 0)
             terms = loss_terms(out, batch, nets, bool(self.cfg.train.loss.motion_relative),
-                               structural=self.weights["ssim"] > 0)
+                               structural=self.weights["ssim"] > 0,
+                               change_weighting=str(self.cfg.train.loss.expression_change_weighting))
             if adv:
                 disc = self.ddef.merge(state.disc, {}, state.disc_rest, dkey)
                 fake, _, cond = disc_inputs(out)
