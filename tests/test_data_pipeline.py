@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_data_common import records_by_clip, tiny_cfg, tiny_dataset, tiny_undriven_dataset, u8
+from test_data_common import records_by_clip, tiny_cfg, tiny_dataset, u8
 
 from jax_instant4d.data import pipeline, synthetic
 from jax_instant4d.data.pipeline import BATCH_KEYS, make_pipeline
@@ -327,41 +327,3 @@ def test_a_data_dir_that_cannot_be_created_is_a_config_error_before_any_work(tmp
     cfg.data.data_dir = str(tmp_path / "fresh" / "data")
     pipeline.check_data_config(cfg)  # a folder that can be made is fine (and is made)
     assert (tmp_path / "fresh" / "data").is_dir()
-
-
-def test_undriven_views_come_with_their_targets_shifted_and_lit_alike_and_only_when_asked_for():
-    """With ``train.loss.expression_change`` on, a batch also has ``undriven``: the picked targets' undriven twins
-    as stored, moved and lit exactly as their targets under augmentation; every other field is the batch the
-    pipeline gives without them. A dataset without undriven views is an error naming the clip."""
-    cfg, path = tiny_dataset()
-    tiny_undriven_dataset()
-    und_cfg = tiny_cfg(cfg.data.data_dir, data__undriven_views=True, train__loss__expression_change=1.0)
-    b = next(make_pipeline(und_cfg, "train", 3, 0, 1))
-    plain = next(make_pipeline(cfg, "train", 3, 0, 1))
-    assert set(b) == set(BATCH_KEYS) | {"undriven"} and set(plain) == set(BATCH_KEYS)
-    for key in BATCH_KEYS:
-        np.testing.assert_array_equal(b[key], plain[key], err_msg=key)
-    assert b["undriven"].shape == b["target"].shape and b["undriven"].dtype == np.float32
-    recs = records_by_clip(pipeline.dataset_path(und_cfg), "train")
-    for i, c in enumerate(b["clip"].tolist()):
-        for j, (t, v) in enumerate(zip(b["time"][i], b["view"][i], strict=True)):
-            stored = decode_image(recs[c]["undriven_images"][int(t) * 2 + int(v)])
-            assert np.array_equal(u8(b["undriven"][i, j]), stored)
-    aug = dict(data__augment__crop=True, data__augment__photometric=True, data__augment__max_shift=3,
-               data__augment__brightness=0.3)
-    a = next(make_pipeline(tiny_cfg(cfg.data.data_dir, data__undriven_views=True,
-                                    train__loss__expression_change=1.0, **aug), "train", 3, 0, 1))
-    a_plain = next(make_pipeline(tiny_cfg(cfg.data.data_dir, **aug), "train", 3, 0, 1))
-    for key in BATCH_KEYS:
-        np.testing.assert_array_equal(a[key], a_plain[key], err_msg=key)
-    shifts = a["target_intrinsics"][..., 2:] - b["target_intrinsics"][..., 2:]
-    assert np.any(shifts != 0)
-    for i in range(3):
-        for j in range(2):
-            dx, dy = (int(round(s)) for s in shifts[i, j])
-            moved, moved_und = pipeline._shift(b["target"][i, j], dx, dy), pipeline._shift(b["undriven"][i, j], dx, dy)
-            lit = (moved > 0.05) & (moved < 0.7)
-            gain = np.median(a["target"][i, j][lit] / moved[lit])
-            np.testing.assert_allclose(a["undriven"][i, j], np.clip(moved_und * gain, 0, 1), atol=2e-6)
-    with pytest.raises(ValueError, match=r"clip synthetic-\d+: no undriven views.*data.undriven_views=true"):
-        next(make_pipeline(tiny_cfg(cfg.data.data_dir, train__loss__expression_change=1.0), "train", 3, 0, 1))

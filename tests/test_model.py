@@ -581,11 +581,12 @@ def _forward_batch(b=2, k=2):
 def test_expression_change_loss_compares_the_renders_change_with_the_teachers_at_each_target_camera():
     """With the batch's undriven teacher views, training's forward pass also renders the avatar with its own
     motion at each target camera (exactly what rendering it there alone gives) and leaves every other output as
-    it was; the loss is mean |(driven - undriven render) - (teacher view - undriven teacher view)|, 0 when
-    neither the avatar nor the teacher changes, and it trains the fusion module (a nonzero gradient)."""
+    it was; the loss is mean |(driven - undriven render) - (teacher view - undriven teacher view)|, weighted by the
+    teacher's change or uniform, and 0 when the render changes as the teacher's view does."""
     from jax_instant4d.train.forward import expression_change, forward, loss_terms, resize_square
 
-    model = model_for("local", **{"model.fusion_init": 1.0})  # δf at full size: the driving motion shows
+    model = nnx.clone(model_for("local"))
+    model.fusion.scale = 100.0  # δf at full size (the small config's last layer starts 100x smaller): motion shows
     batch = _forward_batch()
     run = nnx.jit(lambda m, b: forward(m, b, W, 64, None))
     plain = run(model, batch)
@@ -625,13 +626,3 @@ def test_expression_change_loss_compares_the_renders_change_with_the_teachers_at
     np.testing.assert_allclose(expression_change(leak, "uniform"), 0.05, rtol=1e-4)
     with pytest.raises(ValueError, match="weighting"):
         expression_change(leak, "squared")
-    # the loss reaches the fusion module (what it is meant to train)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def loss(p):
-        m = nnx.merge(graphdef, p, rest)
-        return loss_terms(forward(m, with_und, W, 64, None), with_und, {})["expression_change"]
-
-    grads = jax.jit(jax.grad(loss))(params)
-    fusion = [g for path, g in jax.tree_util.tree_flatten_with_path(grads)[0] if "fusion" in jax.tree_util.keystr(path)]
-    assert fusion and max(float(jnp.abs(g).max()) for g in fusion) > 0
