@@ -3,8 +3,9 @@ preemption by SIGTERM, and a kill -9 in the middle of a run, each checked agains
 reference run on the same data.
 
 The processes run the real loop (``jax_instant4d.train.loop.train``) with the stand-in model and data
-of ``tests/fakes.py`` (``tests/train_worker.py``), and share a persistent compilation cache. The last tests use
-the real grain pipeline on a synthetic dataset that the run itself generates.
+of ``tests/fakes.py`` (``tests/train_worker.py``), and share a persistent compilation cache. The real model and
+pipeline across two processes, from a first run on an empty data directory (its generation outlasting gloo's 30 s
+set-up limit) to kill -9 and a bit-identical resume, are ``tests/test_train_real_multihost.py``'s.
 """
 
 from __future__ import annotations
@@ -181,40 +182,8 @@ def test_local_launcher_two_processes_preempt_resume_and_agree(tmp_path, env, re
 
 
 # --------------------------------------------------------------------------------------------------
-# the first run (real pipeline, empty data directory), kill -9 of one process, resume; a lost peer
-# without the launcher
+# a lost peer without the launcher
 # --------------------------------------------------------------------------------------------------
-
-REAL_DATA = ["--config.data.num_identities=4", "--config.data.heldout_identities=1",
-             "--config.data.clips_per_identity=1", "--config.data.time_steps=2", "--config.data.views=2",
-             "--config.train.eval_batches=0", "--config.train.mesh=(2,1,1)", "--config.train.checkpoint_every=2",
-             "--config.train.async_checkpoint=true", "--config.train.steps=6"]
-
-
-def _launch_real_data(tmp_path: Path, env: dict, workdir: Path, data_dir: Path, name: str,
-                      delay: float = 0.0) -> subprocess.Popen:
-    entry = [*WORKER, "--real-data"] + (["--prepare-delay", str(delay)] if delay else [])
-    launch_env = dict(env, DEVICES_PER_PROCESS="1", LOG_DIR=str(tmp_path / name), PYTHON=sys.executable,
-                      INSTANT4D_ENTRY=" ".join(entry), GRACE="3")
-    out = open(tmp_path / f"{name}.out", "w")  # noqa: SIM115 (lives as long as the process)
-    return subprocess.Popen(["bash", str(ROOT / "launch" / "local.sh"), "2", "--workdir", str(workdir),
-                             f"--config.data.data_dir={data_dir}", *REAL_DATA], env=launch_env, cwd=ROOT,
-                            stdout=out, stderr=subprocess.STDOUT)
-
-
-def test_first_run_where_generating_the_data_outlasts_gloos_30_s_set_up(tmp_path, env):
-    """Two processes, the real grain pipeline, an empty data directory: process 0 generates the dataset
-    (made to take over 30 s, gloo's limit for a collective's set-up) while process 1 waits through the
-    coordination service; both finish. (Kill -9 and a bit-identical resume with the real model are
-    tests/test_train_real_multihost.py's.)"""
-    first = tmp_path / "first"
-    proc = _launch_real_data(tmp_path, env, first, tmp_path / "data", "first", delay=30)
-    assert proc.wait(timeout=TIMEOUT) == 0, (tmp_path / "first.out").read_text()[-3000:]
-    log1 = (tmp_path / "first" / "process_1.log").read_text()
-    assert "process 1: waiting for process 0 to prepare the dataset (train split)" in log1
-    assert "[process 1/2] finished at step 6" in log1
-    assert sorted(s for s, r in read_metrics(first).items()) == list(range(1, 7))
-
 
 def test_a_survivor_without_the_launcher_exits_within_the_heartbeat_bound(tmp_path, env):
     """No launcher: process 1 is killed with -9; process 0, blocked in a collective, is told by the peer

@@ -3,7 +3,9 @@ the way users launch them: ``launch/local.sh 2 --config configs/small.py ...`` r
 ``python -m jax_instant4d.cli train``.
 
 One uninterrupted run on an empty data directory is the reference (process 0 generates the dataset,
-process 1 waits through the coordination service). A second run on the same data loses both processes
+process 1 waits through the coordination service). Its processes run ``tests/slow_prepare_entry.py``, the same
+command line with the dataset's generation held to at least 31 s, so that the wait outlasts gloo's 30 s limit on
+a collective's set-up on any machine. A second run on the same data loses both processes
 to kill -9 at the same moment, is started again and loses one process to kill -9 after its first
 checkpoint, is resumed and finishes: its per-step losses, parameters and optimizer state equal the
 reference's bit for bit. All runs share one persistent compilation cache (``train.compilation_cache``),
@@ -25,6 +27,7 @@ import numpy as np
 import pytest
 from conftest import child_env
 from real_checkpoint import TINY_OVERRIDES
+from slow_prepare_entry import HELD
 
 from jax_instant4d.train.metrics import read_metrics
 
@@ -34,6 +37,7 @@ GRACE = 5  # launcher: seconds between SIGTERM and SIGKILL of the survivors
 TIMEOUT = 1800  # the first run: data generation and a cold compilation of the step, 15 min on a loaded 2-core box
 # a bound on the launcher's exit after a process died: GRACE plus polling, far above what it needs
 EXIT_BOUND = 60
+HOLD = 31  # the first run's dataset generation lasts at least this long: over gloo's 30 s set-up limit
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc/self/stat").exists(),
                                                    reason="finds the launcher's processes in /proc")]
@@ -57,11 +61,16 @@ def shared(tmp_path_factory):
     return root / "data", Path(os.environ.get("INSTANT4D_TEST_XLA_CACHE") or root / "xla_cache")
 
 
-def _launch(tmp_path: Path, name: str, workdir: Path, shared: tuple[Path, Path]) -> subprocess.Popen:
+def _launch(tmp_path: Path, name: str, workdir: Path, shared: tuple[Path, Path],
+            hold: float = 0.0) -> subprocess.Popen:
+    """``launch/local.sh 2`` of ``instant4d train``; ``hold``: through ``tests/slow_prepare_entry.py``, the
+    dataset's generation held to at least ``hold`` seconds."""
     data_dir, cache = shared
     env = child_env()
     env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHON=sys.executable, DEVICES_PER_PROCESS="1",
                LOG_DIR=str(tmp_path / name), GRACE=str(GRACE))
+    if hold:
+        env["INSTANT4D_ENTRY"] = f"{sys.executable} {ROOT / 'tests' / 'slow_prepare_entry.py'} {hold:g} train"
     args = ["--config", "configs/small.py", "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
             f"--config.train.compilation_cache={cache}", *(f"--config.{o}" for o in OVERRIDES)]
     out = open(tmp_path / f"{name}.out", "w")  # noqa: SIM115 (lives as long as the process)
@@ -154,18 +163,20 @@ def reference(tmp_path_factory, shared):
     data_dir, _ = shared
     assert not data_dir.exists()
     workdir = tmp_path / "run"
-    _finish(_launch(tmp_path, "first", workdir, shared), tmp_path, "first")
+    _finish(_launch(tmp_path, "first", workdir, shared, hold=HOLD), tmp_path, "first")
     logs = [(tmp_path / "first" / f"process_{i}.log").read_text() for i in range(2)]
     losses = {s: r["loss"] for s, r in read_metrics(workdir).items()}
     return workdir, logs, losses
 
 
 def test_first_run_on_an_empty_data_dir(reference, shared):
-    """Process 0 generates the dataset while process 1 waits for it through the coordination service;
-    both train every step and end at the same step with the same loss; the model learns."""
+    """Process 0 generates the dataset (for over 30 s, gloo's limit for a collective's set-up) while process 1
+    waits for it through the coordination service; both train every step and end at the same step with the
+    same loss; the model learns."""
     workdir, logs, losses = reference
     data_dir, cache = shared
     assert "process 1: waiting for process 0 to prepare the dataset (train split)" in logs[1]
+    assert f"{HELD} {HOLD} s" in logs[0] and HELD not in logs[1]
     assert "Traceback" not in logs[0] + logs[1]
     assert list((data_dir / "synthetic_heads").iterdir())  # generated there, once
     assert sorted(losses) == list(range(1, STEPS + 1))
