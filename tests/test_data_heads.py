@@ -233,7 +233,7 @@ def test_undriven_views_come_with_their_targets_shifted_and_lit_alike_and_only_w
     recs = records_by_clip(pipeline.dataset_path(und_cfg), "train")
     for i, c in enumerate(b["clip"].tolist()):
         for j, (t, v) in enumerate(zip(b["time"][i], b["view"][i], strict=True)):
-            stored = decode_image(recs[c]["undriven_images"][int(t) * 2 + int(v)])
+            stored = decode_image(recs[c]["undriven_images"][int(t) * int(recs[c]["num_views"]) + int(v)])
             assert np.array_equal(u8(b["undriven"][i, j]), stored)
     aug = dict(data__augment__crop=True, data__augment__photometric=True, data__augment__max_shift=3,
                data__augment__brightness=0.3)
