@@ -219,7 +219,8 @@ def test_undriven_views_are_the_source_at_its_own_expression_at_each_teacher_cam
 def test_undriven_views_come_with_their_targets_shifted_and_lit_alike_and_only_when_asked_for():
     """With ``train.loss.expression_change`` on, a batch also has ``undriven``: the picked targets' undriven twins
     as stored, moved and lit exactly as their targets under augmentation; every other field is the batch the
-    pipeline gives without them. A dataset without undriven views is an error naming the clip. (Here, beside the
+    pipeline gives without them; held-out batches do not carry them. A dataset without undriven views is an
+    error naming the clip. (Here, beside the
     test of what the undriven views hold, so that one test process generates their dataset.)"""
     cfg, path = tiny_dataset()
     tiny_undriven_dataset()
@@ -227,6 +228,11 @@ def test_undriven_views_come_with_their_targets_shifted_and_lit_alike_and_only_w
     b = next(make_pipeline(und_cfg, "train", 3, 0, 1))
     plain = next(make_pipeline(cfg, "train", 3, 0, 1))
     assert set(b) == set(BATCH_KEYS) | {"undriven"} and set(plain) == set(BATCH_KEYS)
+    # held-out batches are scored without them: not decoded there, and otherwise the plain held-out batch
+    held, held_plain = next(make_pipeline(und_cfg, "test", 3, 0, 1)), next(make_pipeline(cfg, "test", 3, 0, 1))
+    assert set(held) == set(BATCH_KEYS)
+    for key in BATCH_KEYS:
+        np.testing.assert_array_equal(held[key], held_plain[key], err_msg=key)
     for key in BATCH_KEYS:
         np.testing.assert_array_equal(b[key], plain[key], err_msg=key)
     assert b["undriven"].shape == b["target"].shape and b["undriven"].dtype == np.float32

@@ -513,7 +513,7 @@ def test_oracle_model_is_driven_by_the_batch_expressions_and_refuses_frames():
     source and driving expressions (the driving frames do not matter), and reading motion from a frame is an
     error (an oracle avatar driven by an encoder's code would be silently wrong)."""
     from jax_instant4d.data import record
-    from jax_instant4d.train.forward import encode_batch, normalised_expression
+    from jax_instant4d.train.forward import encode_batch
 
     model = model_for("local", **{"model.motion.oracle": True})
     assert model.motion_oracle
@@ -521,7 +521,10 @@ def test_oracle_model_is_driven_by_the_batch_expressions_and_refuses_frames():
         model.motion(images(1))
     rng = np.random.default_rng(3)
     expr, src_expr = _expressions(rng, (2, 2)), _expressions(rng, (2,))
-    np.testing.assert_allclose(normalised_expression(jnp.asarray(expr)), record.normalise_expression(expr), atol=1e-6)
+    traced = jax.jit(record.normalise_expression)(jnp.asarray(expr))  # the train step's path: a traced jax array
+    assert isinstance(traced, jax.Array) and traced.dtype == jnp.float32
+    np.testing.assert_allclose(traced, record.normalise_expression(expr), atol=1e-6)
+    np.testing.assert_allclose(record.normalise_expression(expr.tolist()), record.normalise_expression(expr), atol=0)
     batch = {"source": images(0), "driving": images(1, b=4).reshape(2, 2, 64, 64, 3), "expression": jnp.asarray(expr),
              "source_expression": jnp.asarray(src_expr), "time": jnp.asarray([[0, 1], [0, 1]], jnp.int32)}
     avatar, z_src, z_drv = encode_batch(model, batch, 64)

@@ -384,7 +384,8 @@ def make_dataset(cfg, split: str, batch_size: int, process_index: int | None = N
     """The pipeline as a grain ``IterDataset`` (``iter()`` it, or use :func:`make_pipeline`).
 
     ``augment``: apply ``cfg.data.augment``; by default on the train split only (held-out batches are
-    scored as recorded)."""
+    scored as recorded). Batches of the train split carry ``undriven`` when ``train.loss.expression_change``
+    is on; held-out batches never do (no loss reads them there, and decoding them would cost time)."""
     if process_index is None or process_count is None:
         import jax
 
@@ -402,10 +403,12 @@ def make_dataset(cfg, split: str, batch_size: int, process_index: int | None = N
         raise ValueError(f"split {split!r} has {len(source)} clips, fewer than the {process_count} processes")
     ds = grain.MapDataset.source(source)[process_index::process_count]
     ds = ds.shuffle(seed=seed).repeat(None)
+    training = resolve_split(split) == "train"
     if augment is None:
-        augment = resolve_split(split) == "train"
+        augment = training
+    # the undriven twins feed train.loss.expression_change only: held-out batches are scored without them
     sampler = SampleTargets(d.targets_per_example, d.resolution, d.augment.to_dict() if augment else None,
-                            undriven=float(cfg.train.loss.expression_change) > 0)
+                            undriven=training and float(cfg.train.loss.expression_change) > 0)
     ds = ds.random_map(sampler, seed=(seed * 1_000_003 + 7919 * process_index + 17) % (2 ** 32))
     ds = ds.batch(batch_size, drop_remainder=True)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, int(d.read_threads)),

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from jaxtyping import Float, Shaped, UInt8
+from numpy.typing import ArrayLike
 
 # The synthetic head's expression parameters; E is the width of "expression" in records and batches.
 EXPRESSION_NAMES: tuple[str, ...] = (
@@ -91,10 +92,13 @@ def mirror_expression(expr: Float[np.ndarray, "*B E"]) -> Float[np.ndarray, "*B 
     return e
 
 
-def normalise_expression(expr: Float[np.ndarray, "*B E"]) -> Float[np.ndarray, "*B E"]:
-    """Each parameter mapped from its range (``EXPRESSION_RANGES``) to [0, 1]."""
+def normalise_expression(expr: Float[ArrayLike, "*B E"]) -> Float[ArrayLike, "*B E"]:
+    """Each parameter mapped from its range (``EXPRESSION_RANGES``) to [0, 1], in float32. An array with
+    ``astype`` (numpy, or jax: traced too, as in the train step's oracle codes) keeps its kind; anything
+    else (a list) becomes a numpy array."""
     lo, hi = EXPRESSION_RANGES[:, 0], EXPRESSION_RANGES[:, 1]
-    return (np.asarray(expr, np.float32) - lo) / (hi - lo)
+    x = expr.astype(np.float32) if hasattr(expr, "astype") else np.asarray(expr, np.float32)
+    return (x - lo) / (hi - lo)
 
 
 def denormalise_expression(y: Float[np.ndarray, "*B E"]) -> Float[np.ndarray, "*B E"]:

@@ -105,7 +105,7 @@ class Instant4D(nnx.Module):
         self.density_threshold = float(mc.density_threshold)
         self.rays = ml_collections.FrozenConfigDict(mc.rays)
         self.crop_size = int(mc.motion.crop_size)
-        self.motion_oracle = bool(mc.motion.get("oracle", False))
+        self.motion_oracle = bool(mc.motion.oracle)
         self.code_dim, self.token_dim = int(mc.motion.code_dim), int(mc.motion.token_dim)
         self.fov_degrees = float(rc.fov_degrees)
         self.camera_radius = float(rc.camera_radius)

@@ -98,21 +98,15 @@ def encode_batch(model: nnx.Module, batch: Batch, image_size: int) -> tuple[Avat
     drv = resize_square(batch["driving"].reshape(b * k, *batch["driving"].shape[2:]), size)
     avatar = model.encode(src)
     if model.motion_oracle:  # model.motion.oracle: the ground-truth expressions' codes
-        z_src = model.oracle_motion(normalised_expression(batch["source_expression"]))
+        z_src = model.oracle_motion(record.normalise_expression(batch["source_expression"]))
         avatar = avatar._replace(z_src=z_src)
         expr = batch["expression"]
-        z_drv = model.oracle_motion(normalised_expression(expr.reshape(b * k, expr.shape[-1])))
+        z_drv = model.oracle_motion(record.normalise_expression(expr.reshape(b * k, expr.shape[-1])))
     else:
         z_src = avatar.z_src
         z_drv = model.motion(drv)
     z_drv = jax.tree.map(lambda x: x.reshape(b, k, *x.shape[1:]), z_drv)
     return avatar, z_src, share_over_views(z_drv, batch["time"])
-
-
-def normalised_expression(expr: Float[Array, "*B E"]) -> Float[Array, "*B E"]:
-    """``data.record.normalise_expression`` for traced arrays: each parameter mapped from its range to [0, 1]."""
-    lo, hi = (jnp.asarray(record.EXPRESSION_RANGES[:, i], jnp.float32) for i in (0, 1))
-    return (expr.astype(jnp.float32) - lo) / (hi - lo)
 
 
 def forward(model: nnx.Module, batch: Batch, res: int, image_size: int, mesh: Mesh | None,
