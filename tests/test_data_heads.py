@@ -231,10 +231,9 @@ def test_undriven_views_come_with_their_targets_shifted_and_lit_alike_and_only_w
     # held-out batches are scored without them: not decoded there, and otherwise the plain held-out batch
     held, held_plain = next(make_pipeline(und_cfg, "test", 3, 0, 1)), next(make_pipeline(cfg, "test", 3, 0, 1))
     assert set(held) == set(BATCH_KEYS)
-    for key in BATCH_KEYS:
-        np.testing.assert_array_equal(held[key], held_plain[key], err_msg=key)
-    for key in BATCH_KEYS:
-        np.testing.assert_array_equal(b[key], plain[key], err_msg=key)
+    for split, with_views, without in (("train", b, plain), ("test", held, held_plain)):
+        for key in BATCH_KEYS:
+            np.testing.assert_array_equal(with_views[key], without[key], err_msg=f"{split}: {key}")
     assert b["undriven"].shape == b["target"].shape and b["undriven"].dtype == np.float32
     recs = records_by_clip(pipeline.dataset_path(und_cfg), "train")
     for i, c in enumerate(b["clip"].tolist()):

@@ -406,7 +406,6 @@ def make_dataset(cfg, split: str, batch_size: int, process_index: int | None = N
     training = resolve_split(split) == "train"
     if augment is None:
         augment = training
-    # the undriven twins feed train.loss.expression_change only: held-out batches are scored without them
     sampler = SampleTargets(d.targets_per_example, d.resolution, d.augment.to_dict() if augment else None,
                             undriven=training and float(cfg.train.loss.expression_change) > 0)
     ds = ds.random_map(sampler, seed=(seed * 1_000_003 + 7919 * process_index + 17) % (2 ** 32))
